@@ -1,0 +1,153 @@
+"""NoProp-CT: one time-conditioned network and a learned noise schedule (Eq. 9; Algorithm 2)."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ._checks import check_batch, check_images, check_time
+from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
+from ._losses import (
+    expected_embedding,
+    kl_to_standard_normal,
+    readout_cross_entropy,
+    sample_q,
+    weighted_denoising_term,
+)
+from ._solve import ODESolution, integrate
+from .models import AbstractBackbone
+from .models._factory import BackboneSpec, make_backbone
+from .noise_schedules import AbstractNoiseSchedule, LearnedNoiseSchedule
+
+
+class NoPropCT(eqx.Module):
+    """NoProp-CT: û_θ(z_t, x, t), a class embedding, a linear readout and a (by default
+    learned) noise schedule. Inference integrates the probability-flow ODE with Diffrax."""
+
+    net: AbstractBackbone
+    embedding: AbstractClassEmbedding
+    readout: eqx.nn.Linear
+    schedule: AbstractNoiseSchedule
+    eta: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_shape: tuple[int, int, int],
+        *,
+        backbone: BackboneSpec = "paper",
+        embedding: str | AbstractClassEmbedding = "one-hot",
+        embed_dim: int = 20,
+        schedule: AbstractNoiseSchedule | None = None,
+        eta: float = 1.0,
+        key: PRNGKeyArray,
+    ):
+        k_embed, k_net, k_schedule = jr.split(key, 3)
+        self.embedding = make_embedding(embedding, num_classes, embed_dim, key=k_embed)
+        self.net = make_backbone(
+            backbone,
+            num_classes=num_classes,
+            embed_dim=self.embedding.dim,
+            image_shape=image_shape,
+            time_conditioned=True,
+            key=k_net,
+        )
+        self.readout = nearest_embedding_readout(self.embedding)
+        self.schedule = LearnedNoiseSchedule(key=k_schedule) if schedule is None else schedule
+        self.eta = eta
+
+    @property
+    def num_classes(self) -> int:
+        return self.embedding.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.net.image_shape
+
+    def loss_fn(
+        self, batch: tuple[Float[Array, "batch c h w"], Int[Array, " batch"]], key: PRNGKeyArray
+    ) -> tuple[Float[Array, ""], dict[str, Array]]:
+        """Eq. 9, averaged over the batch; called as `NoPropCT.loss_fn(model, batch, key)`:
+
+            CE(readout(z_1), y) + KL(q(z_0|y) ‖ N(0, I))
+              + (η/2) E_{t~U[0,1]}[SNR'(t) ‖û_θ(z_t, x, t) - u_y‖²],
+
+        with t drawn per example and SNR' from JAX differentiation of the schedule.
+        """
+        x, y = check_batch(batch, self.image_shape, self.num_classes)
+        batch_size = x.shape[0]
+        k_t, k_z, k_z1, k_drop = jr.split(key, 4)
+        w_embed = self.embedding.matrix()
+        u_y = w_embed[y]
+        t = jr.uniform(k_t, (batch_size,))
+        alpha_bar = jax.vmap(self.schedule.alpha_bar)(t)
+        snr_prime = jax.vmap(self.schedule.snr_prime)(t)
+        z_t = jax.vmap(lambda u, ab, k: sample_q(u, ab, key=k))(
+            u_y, alpha_bar, jr.split(k_z, batch_size)
+        )
+        logits = jax.vmap(lambda z, xi, ti, k: self.net(z, xi, ti, key=k))(
+            z_t, x, t, jr.split(k_drop, batch_size)
+        )
+        u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
+        denoise = 0.5 * self.eta * jnp.mean(jax.vmap(weighted_denoising_term)(u_hat, u_y, snr_prime))
+        alpha_bar_1 = self.schedule.alpha_bar(1.0)
+        z_1 = jax.vmap(lambda u, k: sample_q(u, alpha_bar_1, key=k))(
+            u_y, jr.split(k_z1, batch_size)
+        )
+        ce = jnp.mean(jax.vmap(readout_cross_entropy)(jax.vmap(self.readout)(z_1), y))
+        kl = jnp.mean(
+            jax.vmap(kl_to_standard_normal, (0, None))(u_y, self.schedule.alpha_bar(0.0))
+        )
+        loss = ce + kl + denoise
+        return loss, dict(loss=loss, ce=ce, kl=kl, denoise=denoise)
+
+    def vector_field(
+        self, t: Float[Array, ""], z: Float[Array, "batch dim"], x: Float[Array, "batch c h w"]
+    ) -> Float[Array, "batch dim"]:
+        """The probability-flow (DDIM-form) ODE of q, with û as the clean-label estimate:
+
+            ε̂ = (z - √ᾱ_t û) / √(1 - ᾱ_t),   dz/dt = (d√ᾱ_t/dt) û + (d√(1 - ᾱ_t)/dt) ε̂.
+
+        Diffrax's signature f(t, z, args), with args = the images.
+        """
+        t = check_time(t)
+        signal, d_signal, noise, d_noise = self.schedule.sqrt_alpha_bar_and_derivative(t)
+        w_embed = self.embedding.matrix()
+        u_hat = jax.vmap(lambda zi, xi: expected_embedding(self.net(zi, xi, t), w_embed))(z, x)
+        eps_hat = (z - signal * u_hat) / noise
+        return d_signal * u_hat + d_noise * eps_hat
+
+    def solve(
+        self,
+        x: Float[Array, "batch c h w"],
+        *,
+        key: PRNGKeyArray | None = None,
+        solver: diffrax.AbstractSolver | None = None,
+        num_steps: int | None = None,
+        dt0: float | None = None,
+        stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+        max_steps: int = 4096,
+    ) -> ODESolution:
+        """Integrates the ODE from z_0 (N(0, I) with `key`, else 0) to z_1; see `integrate`."""
+        x = check_images(x, self.image_shape)
+        shape = (x.shape[0], self.embedding.dim)
+        z0 = jnp.zeros(shape) if key is None else jr.normal(key, shape)
+        return integrate(
+            self.vector_field,
+            z0,
+            x,
+            solver=solver,
+            num_steps=num_steps,
+            dt0=dt0,
+            stepsize_controller=stepsize_controller,
+            max_steps=max_steps,
+        )
+
+    def logits(self, x: Float[Array, "batch c h w"], **solve_kwargs) -> Float[Array, "batch classes"]:
+        """readout(z_1), with z_1 from `solve(x, **solve_kwargs)`."""
+        return jax.vmap(self.readout)(self.solve(x, **solve_kwargs).z1)
+
+    def predict(self, x: Float[Array, "batch c h w"], **solve_kwargs) -> Int[Array, " batch"]:
+        return jnp.argmax(self.logits(x, **solve_kwargs), axis=-1)

@@ -1,0 +1,137 @@
+"""NoProp-FM: flow matching on the class embedding (Eq. 10-13; Algorithm 3)."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ._checks import check_batch, check_images, check_time
+from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
+from ._losses import flow_matching_term, readout_cross_entropy
+from ._solve import ODESolution, integrate
+from .models import AbstractBackbone
+from .models._factory import BackboneSpec, make_backbone
+
+
+class NoPropFM(eqx.Module):
+    """NoProp-FM: a velocity v_θ(z_t, x, t) = logits · W_embed transporting N(0, I) to u_y along
+    z_t = t u_y + (1 - t) z_0 (+ σ ε). Predicts the class whose embedding is nearest to z_1.
+    The readout is used only by the anchor term when the embedding is trainable."""
+
+    net: AbstractBackbone
+    embedding: AbstractClassEmbedding
+    readout: eqx.nn.Linear
+    sigma: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_shape: tuple[int, int, int],
+        *,
+        backbone: BackboneSpec = "paper",
+        embedding: str | AbstractClassEmbedding = "one-hot",
+        embed_dim: int = 20,
+        sigma: float = 0.0,
+        key: PRNGKeyArray,
+    ):
+        if sigma < 0:
+            raise ValueError(f"expected sigma >= 0, got {sigma}")
+        k_embed, k_net = jr.split(key)
+        self.embedding = make_embedding(embedding, num_classes, embed_dim, key=k_embed)
+        self.net = make_backbone(
+            backbone,
+            num_classes=num_classes,
+            embed_dim=self.embedding.dim,
+            image_shape=image_shape,
+            time_conditioned=True,
+            key=k_net,
+        )
+        self.readout = nearest_embedding_readout(self.embedding)
+        self.sigma = sigma
+
+    @property
+    def num_classes(self) -> int:
+        return self.embedding.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.net.image_shape
+
+    def loss_fn(
+        self, batch: tuple[Float[Array, "batch c h w"], Int[Array, " batch"]], key: PRNGKeyArray
+    ) -> tuple[Float[Array, ""], dict[str, Array]]:
+        """Eq. 11/13, averaged over the batch; called as `NoPropFM.loss_fn(model, batch, key)`:
+
+            ‖v_θ(z_t, x, t) - (u_y - z_0)‖²,  z_t = t u_y + (1 - t) z_0 + σ ε,  t ~ U[0, 1],
+
+        plus, when the embedding is trainable, the anchor CE(readout(z̃_1), y) with
+        z̃_1 = z_t + (1 - t) v_θ.
+        """
+        x, y = check_batch(batch, self.image_shape, self.num_classes)
+        batch_size = x.shape[0]
+        k_t, k_z0, k_eps, k_drop = jr.split(key, 4)
+        w_embed = self.embedding.matrix()
+        u_y = w_embed[y]
+        t = jr.uniform(k_t, (batch_size,))
+        z_0 = jr.normal(k_z0, u_y.shape)
+        z_t = t[:, None] * u_y + (1.0 - t[:, None]) * z_0
+        if self.sigma > 0:
+            z_t = z_t + self.sigma * jr.normal(k_eps, u_y.shape)
+        logits = jax.vmap(lambda z, xi, ti, k: self.net(z, xi, ti, key=k))(
+            z_t, x, t, jr.split(k_drop, batch_size)
+        )
+        v_hat = logits @ w_embed
+        flow = jnp.mean(jax.vmap(flow_matching_term)(v_hat, u_y, z_0))
+        aux = dict(flow=flow)
+        loss = flow
+        if self.embedding.trainable:
+            z_1 = z_t + (1.0 - t[:, None]) * v_hat
+            ce = jnp.mean(jax.vmap(readout_cross_entropy)(jax.vmap(self.readout)(z_1), y))
+            loss = loss + ce
+            aux["ce"] = ce
+        aux["loss"] = loss
+        return loss, aux
+
+    def vector_field(
+        self, t: Float[Array, ""], z: Float[Array, "batch dim"], x: Float[Array, "batch c h w"]
+    ) -> Float[Array, "batch dim"]:
+        """dz/dt = v_θ(z, x, t) = logits · W_embed; Diffrax's signature with args = the images."""
+        t = check_time(t)
+        return jax.vmap(lambda zi, xi: self.net(zi, xi, t))(z, x) @ self.embedding.matrix()
+
+    def solve(
+        self,
+        x: Float[Array, "batch c h w"],
+        *,
+        key: PRNGKeyArray | None = None,
+        solver: diffrax.AbstractSolver | None = None,
+        num_steps: int | None = None,
+        dt0: float | None = None,
+        stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+        max_steps: int = 4096,
+    ) -> ODESolution:
+        """Integrates dz/dt = v_θ from z_0 (N(0, I) with `key`, else 0) to z_1; see `integrate`."""
+        x = check_images(x, self.image_shape)
+        shape = (x.shape[0], self.embedding.dim)
+        z0 = jnp.zeros(shape) if key is None else jr.normal(key, shape)
+        return integrate(
+            self.vector_field,
+            z0,
+            x,
+            solver=solver,
+            num_steps=num_steps,
+            dt0=dt0,
+            stepsize_controller=stepsize_controller,
+            max_steps=max_steps,
+        )
+
+    def logits(self, x: Float[Array, "batch c h w"], **solve_kwargs) -> Float[Array, "batch classes"]:
+        """-‖z_1 - u_k‖² for each class k: the argmax is the nearest class embedding."""
+        z1 = self.solve(x, **solve_kwargs).z1
+        w_embed = self.embedding.matrix()
+        return -jnp.sum((z1[:, None, :] - w_embed[None]) ** 2, axis=-1)
+
+    def predict(self, x: Float[Array, "batch c h w"], **solve_kwargs) -> Int[Array, " batch"]:
+        return jnp.argmax(self.logits(x, **solve_kwargs), axis=-1)

@@ -1,0 +1,56 @@
+"""The terms of the NoProp losses, one function per term, each for ONE example.
+
+Variants vmap these over the batch; users can combine them (and their own terms) into a custom
+`loss_fn(model, batch, key) -> (loss, aux)` and hand it to `make_step` unchanged.
+"""
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+
+
+def sample_q(
+    u_y: Float[Array, " dim"], alpha_bar: Float[ArrayLike, ""], *, key: PRNGKeyArray
+) -> Float[Array, " dim"]:
+    """z ~ q(z_t | y) = N(√ᾱ_t u_y, (1 - ᾱ_t) I). The mean is √ᾱ·u_y, not ᾱ·u_y."""
+    noise = jr.normal(key, u_y.shape, u_y.dtype)
+    return jnp.sqrt(alpha_bar) * u_y + jnp.sqrt(1.0 - alpha_bar) * noise
+
+
+def readout_cross_entropy(logits: Float[Array, " classes"], y: Int[Array, ""]) -> Float[Array, ""]:
+    """-log softmax(logits)[y]: the readout term CE(readout(z_T), y) of Eq. 8, 9 (on raw logits,
+    so there is no double softmax)."""
+    return jax.nn.logsumexp(logits) - logits[y]
+
+
+def kl_to_standard_normal(
+    u_y: Float[Array, " dim"], alpha_bar_0: Float[ArrayLike, ""]
+) -> Float[Array, ""]:
+    """KL(q(z_0 | y) ‖ N(0, I)) = ½[ᾱ_0 ‖u_y‖² + d(1 - ᾱ_0) - d - d log(1 - ᾱ_0)] (Eq. 8, 9)."""
+    d = u_y.shape[-1]
+    return 0.5 * (
+        alpha_bar_0 * jnp.sum(u_y**2) + d * (1.0 - alpha_bar_0) - d - d * jnp.log1p(-alpha_bar_0)
+    )
+
+
+def weighted_denoising_term(
+    u_hat: Float[Array, " dim"], u_y: Float[Array, " dim"], weight: Float[ArrayLike, ""]
+) -> Float[Array, ""]:
+    """weight · ‖û - u_y‖², the denoising term of Eq. 8 (weight = SNR(t) - SNR(t-1)) and of
+    Eq. 9 (weight = SNR'(t)). The η/2 (and T) factors are applied by the variant's loss."""
+    return weight * jnp.sum((u_hat - u_y) ** 2)
+
+
+def flow_matching_term(
+    v_hat: Float[Array, " dim"], u_y: Float[Array, " dim"], z_0: Float[Array, " dim"]
+) -> Float[Array, ""]:
+    """‖v_θ(z_t, x, t) - (u_y - z_0)‖², the conditional flow-matching loss (Eq. 11/13)."""
+    return jnp.sum((v_hat - (u_y - z_0)) ** 2)
+
+
+def expected_embedding(
+    logits: Float[Array, " classes"], embedding_matrix: Float[Array, "classes dim"]
+) -> Float[Array, " dim"]:
+    """û = softmax(logits) · W_embed: a block's clean-label estimate (DT and CT)."""
+    return jax.nn.softmax(logits) @ embedding_matrix

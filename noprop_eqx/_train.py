@@ -1,0 +1,83 @@
+"""One generic, compiled training step for every variant, plus evaluation."""
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, PRNGKeyArray, PyTree
+
+LossFn = Callable[[PyTree, Any, PRNGKeyArray], tuple[Array, dict[str, Array]]]
+
+
+def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
+    """`step(model, opt_state, batch, key) -> (model, opt_state, aux)`: value-and-grad of
+    `loss_fn(model, batch, key) -> (loss, aux)`, the optax update and its application, compiled
+    as one `eqx.filter_jit` region. Gradients flow to every inexact array of the model."""
+
+    @eqx.filter_jit(donate="all-except-first")
+    def step(model, opt_state, batch, key):
+        grad_fn = eqx.filter_value_and_grad(loss_fn, has_aux=True)
+        (_, aux), grads = grad_fn(model, batch, key)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return eqx.apply_updates(model, updates), opt_state, aux
+
+    return step
+
+
+def init_optimizer_state(model: PyTree, optimizer: optax.GradientTransformation) -> PyTree:
+    return optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+
+
+def paper_optimizer(
+    model: eqx.Module, *, learning_rate: float = 1e-3, weight_decay: float = 1e-3
+) -> optax.GradientTransformation:
+    """The paper's Table 3 optimiser: AdamW for NoProp-DT and the backprop baseline, Adam for
+    NoProp-CT and NoProp-FM; learning rate 1e-3, weight decay 1e-3."""
+    from ._dt import NoPropDT
+
+    if isinstance(model, NoPropDT) or type(model).__name__ == "BackpropBaseline":
+        return optax.adamw(learning_rate, weight_decay=weight_decay)
+    return optax.adam(learning_rate)
+
+
+def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> Iterator[tuple]:
+    """Fixed-shape batches in order (the last padded by repeating its final row), with the
+    number of real rows, so a compiled predictor never recompiles."""
+    n = len(x)
+    for start in range(0, n, batch_size):
+        idx = np.minimum(np.arange(start, start + batch_size), n - 1)
+        yield x[idx], y[idx], min(batch_size, n - start)
+
+
+@eqx.filter_jit
+def _count_correct(model, x, y, num_valid, predict_kwargs, key):
+    predictions = model.predict(x, key=key, **predict_kwargs)
+    valid = jnp.arange(x.shape[0]) < num_valid
+    return jnp.sum((predictions == y) & valid)
+
+
+def evaluate_accuracy(
+    model: eqx.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int = 1000,
+    key: PRNGKeyArray | None = None,
+    **predict_kwargs,
+) -> float:
+    """Test accuracy in [0, 1], evaluating each example once. `key` makes inference stochastic
+    (DT's Eq. 3 sampler, a random z_0 for CT/FM); other keywords go to `model.predict`
+    (e.g. `solver=diffrax.Tsit5()`, `num_steps=20`)."""
+    if len(x) != len(y):
+        raise ValueError(f"expected as many labels as images, got {len(y)} labels, {len(x)} images")
+    batch_size = min(batch_size, len(x))
+    correct = 0
+    for i, (xb, yb, n) in enumerate(eval_batches(x, y, batch_size)):
+        k = None if key is None else jax.random.fold_in(key, i)
+        correct += int(_count_correct(model, xb, yb, n, predict_kwargs, k))
+    return correct / len(x)

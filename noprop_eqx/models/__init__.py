@@ -1,0 +1,21 @@
+"""Backbones: the paper's DT block and CT/FM network, SimpleCNN, and a ResNet wrapper."""
+
+from ._base import AbstractBackbone as AbstractBackbone
+from ._factory import make_backbone as make_backbone
+from ._paper import (
+    PaperConvStack as PaperConvStack,
+    PaperCTNet as PaperCTNet,
+    PaperDTBlock as PaperDTBlock,
+)
+from ._simple import SimpleCNN as SimpleCNN
+from ._time_embedding import SinusoidalTimeEmbedding as SinusoidalTimeEmbedding
+
+__all__ = [
+    "AbstractBackbone",
+    "make_backbone",
+    "PaperCTNet",
+    "PaperConvStack",
+    "PaperDTBlock",
+    "SimpleCNN",
+    "SinusoidalTimeEmbedding",
+]
