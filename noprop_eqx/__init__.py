@@ -1,6 +1,7 @@
 """noprop-eqx: NoProp (Li, Teh, Pascanu 2025) in JAX, Equinox and Diffrax."""
 
 from . import data as data, models as models, noise_schedules as noise_schedules, utils as utils
+from ._backprop import BackpropBaseline as BackpropBaseline
 from ._ct import NoPropCT as NoPropCT
 from ._dt import NoPropDT as NoPropDT
 from ._embeddings import (
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AbstractClassEmbedding",
+    "BackpropBaseline",
     "LearnedEmbedding",
     "NoPropCT",
     "NoPropDT",

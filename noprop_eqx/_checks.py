@@ -1,6 +1,7 @@
 """Input validation for the public entry points: clear messages, expected vs got."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
@@ -42,5 +43,10 @@ def check_batch(batch, image_shape: tuple[int, ...], num_classes: int) -> tuple[
 
 
 def check_time(t) -> Array:
+    """t in [0, 1]: a ValueError for a concrete t, an `eqx.error_if` check under tracing."""
+    if not isinstance(t, jax.core.Tracer):
+        if np.any((np.asarray(t) < 0.0) | (np.asarray(t) > 1.0)):
+            raise ValueError(f"expected t in [0, 1], got {t}")
+        return jnp.asarray(t, dtype=float)
     t = jnp.asarray(t)
     return eqx.error_if(t, (t < 0.0) | (t > 1.0), "expected t in [0, 1]")

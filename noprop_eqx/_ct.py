@@ -17,7 +17,7 @@ from ._losses import (
     weighted_denoising_term,
 )
 from ._solve import ODESolution, integrate
-from .models import AbstractBackbone
+from .models import AbstractBackbone, apply_batched
 from .models._factory import BackboneSpec, make_backbone
 from .noise_schedules import AbstractNoiseSchedule, LearnedNoiseSchedule
 
@@ -87,19 +87,17 @@ class NoPropCT(eqx.Module):
         z_t = jax.vmap(lambda u, ab, k: sample_q(u, ab, key=k))(
             u_y, alpha_bar, jr.split(k_z, batch_size)
         )
-        logits = jax.vmap(lambda z, xi, ti, k: self.net(z, xi, ti, key=k))(
-            z_t, x, t, jr.split(k_drop, batch_size)
-        )
+        logits = apply_batched(self.net, z_t, x, t, keys=jr.split(k_drop, batch_size))
         u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
-        denoise = 0.5 * self.eta * jnp.mean(jax.vmap(weighted_denoising_term)(u_hat, u_y, snr_prime))
+        denoise = (
+            0.5 * self.eta * jnp.mean(jax.vmap(weighted_denoising_term)(u_hat, u_y, snr_prime))
+        )
         alpha_bar_1 = self.schedule.alpha_bar(1.0)
         z_1 = jax.vmap(lambda u, k: sample_q(u, alpha_bar_1, key=k))(
             u_y, jr.split(k_z1, batch_size)
         )
         ce = jnp.mean(jax.vmap(readout_cross_entropy)(jax.vmap(self.readout)(z_1), y))
-        kl = jnp.mean(
-            jax.vmap(kl_to_standard_normal, (0, None))(u_y, self.schedule.alpha_bar(0.0))
-        )
+        kl = jnp.mean(jax.vmap(kl_to_standard_normal, (0, None))(u_y, self.schedule.alpha_bar(0.0)))
         loss = ce + kl + denoise
         return loss, dict(loss=loss, ce=ce, kl=kl, denoise=denoise)
 
@@ -115,7 +113,7 @@ class NoPropCT(eqx.Module):
         t = check_time(t)
         signal, d_signal, noise, d_noise = self.schedule.sqrt_alpha_bar_and_derivative(t)
         w_embed = self.embedding.matrix()
-        u_hat = jax.vmap(lambda zi, xi: expected_embedding(self.net(zi, xi, t), w_embed))(z, x)
+        u_hat = jax.vmap(expected_embedding, (0, None))(apply_batched(self.net, z, x, t), w_embed)
         eps_hat = (z - signal * u_hat) / noise
         return d_signal * u_hat + d_noise * eps_hat
 
@@ -145,7 +143,9 @@ class NoPropCT(eqx.Module):
             max_steps=max_steps,
         )
 
-    def logits(self, x: Float[Array, "batch c h w"], **solve_kwargs) -> Float[Array, "batch classes"]:
+    def logits(
+        self, x: Float[Array, "batch c h w"], **solve_kwargs
+    ) -> Float[Array, "batch classes"]:
         """readout(z_1), with z_1 from `solve(x, **solve_kwargs)`."""
         return jax.vmap(self.readout)(self.solve(x, **solve_kwargs).z1)
 

@@ -17,7 +17,7 @@ from ._losses import (
     sample_q,
     weighted_denoising_term,
 )
-from .models import AbstractBackbone
+from .models import AbstractBackbone, apply_batched
 from .models._factory import BackboneSpec, make_backbone
 from .noise_schedules import (
     AbstractNoiseSchedule,
@@ -119,9 +119,7 @@ class NoPropDT(eqx.Module):
         keys = None if key is None else jr.split(key, (self.num_blocks, batch))
 
         def run(block, z_t, keys_t):
-            if keys_t is None:
-                return jax.vmap(lambda zi, xi: block(zi, xi))(z_t, x)
-            return jax.vmap(lambda zi, xi, ki: block(zi, xi, key=ki))(z_t, x, keys_t)
+            return apply_batched(block, z_t, x, keys=keys_t)
 
         if self.strategy == "loop":
             return jnp.stack(
@@ -191,8 +189,8 @@ class NoPropDT(eqx.Module):
             z = jr.normal(k0, shape)
             noise = jr.normal(k_eps, (self.num_blocks, *shape))
         for t in range(self.num_blocks):
-            block = self.block(t)
-            u_hat = jax.vmap(lambda zi, xi: expected_embedding(block(zi, xi), w_embed))(z, x)
+            logits = apply_batched(self.block(t), z, x)
+            u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
             z = a[t] * u_hat + b[t] * z + jnp.sqrt(c[t]) * noise[t]
         return jax.vmap(self.readout)(z)
 

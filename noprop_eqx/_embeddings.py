@@ -76,15 +76,14 @@ class PrototypeEmbedding(AbstractClassEmbedding):
     dim: int = eqx.field(static=True)
     trainable: ClassVar[bool] = True
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int, *,
-                 max_per_class: int = 1000):
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, num_classes: int, *, max_per_class: int = 1000
+    ):
         _check_positive("num_classes", num_classes)
         images = np.asarray(images, dtype=np.float32).reshape(len(images), -1)
         labels = np.asarray(labels)
         if labels.shape != (len(images),):
-            raise ValueError(
-                f"expected labels of shape ({len(images)},), got {labels.shape}"
-            )
+            raise ValueError(f"expected labels of shape ({len(images)},), got {labels.shape}")
         self.weight = jnp.asarray(
             np.stack([_medoid(images[labels == c][:max_per_class], c) for c in range(num_classes)])
         )
@@ -157,5 +156,8 @@ def nearest_embedding_readout(
     return eqx.tree_at(
         lambda r: (r.weight, r.bias),
         readout,
-        (jnp.asarray(scale * w, dtype=jnp.float32), jnp.asarray(-0.5 * scale * sq, dtype=jnp.float32)),
+        (
+            jnp.asarray(scale * w, dtype=jnp.float32),
+            jnp.asarray(-0.5 * scale * sq, dtype=jnp.float32),
+        ),
     )

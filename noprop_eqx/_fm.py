@@ -11,7 +11,7 @@ from ._checks import check_batch, check_images, check_time
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
 from ._losses import flow_matching_term, readout_cross_entropy
 from ._solve import ODESolution, integrate
-from .models import AbstractBackbone
+from .models import AbstractBackbone, apply_batched
 from .models._factory import BackboneSpec, make_backbone
 
 
@@ -79,9 +79,7 @@ class NoPropFM(eqx.Module):
         z_t = t[:, None] * u_y + (1.0 - t[:, None]) * z_0
         if self.sigma > 0:
             z_t = z_t + self.sigma * jr.normal(k_eps, u_y.shape)
-        logits = jax.vmap(lambda z, xi, ti, k: self.net(z, xi, ti, key=k))(
-            z_t, x, t, jr.split(k_drop, batch_size)
-        )
+        logits = apply_batched(self.net, z_t, x, t, keys=jr.split(k_drop, batch_size))
         v_hat = logits @ w_embed
         flow = jnp.mean(jax.vmap(flow_matching_term)(v_hat, u_y, z_0))
         aux = dict(flow=flow)
@@ -99,7 +97,7 @@ class NoPropFM(eqx.Module):
     ) -> Float[Array, "batch dim"]:
         """dz/dt = v_θ(z, x, t) = logits · W_embed; Diffrax's signature with args = the images."""
         t = check_time(t)
-        return jax.vmap(lambda zi, xi: self.net(zi, xi, t))(z, x) @ self.embedding.matrix()
+        return apply_batched(self.net, z, x, t) @ self.embedding.matrix()
 
     def solve(
         self,
@@ -127,7 +125,9 @@ class NoPropFM(eqx.Module):
             max_steps=max_steps,
         )
 
-    def logits(self, x: Float[Array, "batch c h w"], **solve_kwargs) -> Float[Array, "batch classes"]:
+    def logits(
+        self, x: Float[Array, "batch c h w"], **solve_kwargs
+    ) -> Float[Array, "batch classes"]:
         """-‖z_1 - u_k‖² for each class k: the argmax is the nearest class embedding."""
         z1 = self.solve(x, **solve_kwargs).z1
         w_embed = self.embedding.matrix()

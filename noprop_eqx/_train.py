@@ -1,6 +1,6 @@
 """One generic, compiled training step for every variant, plus evaluation."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -10,13 +10,16 @@ import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
+from .data import eval_batches
+
 LossFn = Callable[[PyTree, Any, PRNGKeyArray], tuple[Array, dict[str, Array]]]
 
 
 def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
     """`step(model, opt_state, batch, key) -> (model, opt_state, aux)`: value-and-grad of
     `loss_fn(model, batch, key) -> (loss, aux)`, the optax update and its application, compiled
-    as one `eqx.filter_jit` region. Gradients flow to every inexact array of the model."""
+    as one `eqx.filter_jit` region. Gradients flow to every inexact array of the model.
+    The model and optimiser state passed in are donated: use the returned ones."""
 
     @eqx.filter_jit(donate="all-except-first")
     def step(model, opt_state, batch, key):
@@ -30,6 +33,7 @@ def make_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
 
 
 def init_optimizer_state(model: PyTree, optimizer: optax.GradientTransformation) -> PyTree:
+    """`optimizer.init` on the model's trainable (inexact array) leaves."""
     return optimizer.init(eqx.filter(model, eqx.is_inexact_array))
 
 
@@ -38,20 +42,12 @@ def paper_optimizer(
 ) -> optax.GradientTransformation:
     """The paper's Table 3 optimiser: AdamW for NoProp-DT and the backprop baseline, Adam for
     NoProp-CT and NoProp-FM; learning rate 1e-3, weight decay 1e-3."""
+    from ._backprop import BackpropBaseline
     from ._dt import NoPropDT
 
-    if isinstance(model, NoPropDT) or type(model).__name__ == "BackpropBaseline":
+    if isinstance(model, NoPropDT | BackpropBaseline):
         return optax.adamw(learning_rate, weight_decay=weight_decay)
     return optax.adam(learning_rate)
-
-
-def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> Iterator[tuple]:
-    """Fixed-shape batches in order (the last padded by repeating its final row), with the
-    number of real rows, so a compiled predictor never recompiles."""
-    n = len(x)
-    for start in range(0, n, batch_size):
-        idx = np.minimum(np.arange(start, start + batch_size), n - 1)
-        yield x[idx], y[idx], min(batch_size, n - start)
 
 
 @eqx.filter_jit

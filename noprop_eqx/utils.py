@@ -49,8 +49,9 @@ def train_step(
     if cache_key not in _steps:
         _steps[cache_key] = make_step(state.loss_fn, state.optimizer)
     model, opt_state, aux = _steps[cache_key](state.model, state.opt_state, batch, key)
-    return eqx.tree_at(lambda s: (s.model, s.opt_state, s.step), state,
-                       (model, opt_state, state.step + 1)), aux
+    return eqx.tree_at(
+        lambda s: (s.model, s.opt_state, s.step), state, (model, opt_state, state.step + 1)
+    ), aux
 
 
 @eqx.filter_jit

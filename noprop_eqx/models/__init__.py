@@ -1,6 +1,6 @@
 """Backbones: the paper's DT block and CT/FM network, SimpleCNN, and a ResNet wrapper."""
 
-from ._base import AbstractBackbone as AbstractBackbone
+from ._base import AbstractBackbone as AbstractBackbone, apply_batched as apply_batched
 from ._factory import make_backbone as make_backbone
 from ._paper import (
     PaperConvStack as PaperConvStack,
@@ -12,6 +12,7 @@ from ._time_embedding import SinusoidalTimeEmbedding as SinusoidalTimeEmbedding
 
 __all__ = [
     "AbstractBackbone",
+    "apply_batched",
     "make_backbone",
     "PaperCTNet",
     "PaperConvStack",

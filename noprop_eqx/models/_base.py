@@ -1,6 +1,8 @@
 import abc
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 
@@ -26,3 +28,24 @@ class AbstractBackbone(eqx.Module):
         key: PRNGKeyArray | None = None,
     ) -> Float[Array, " classes"]:
         """Logits over the classes."""
+
+
+def apply_batched(
+    net: AbstractBackbone,
+    z: Float[Array, "batch embed"],
+    x: Float[Array, "batch c h w"],
+    t: Float[Array, "*batch"] | None = None,
+    *,
+    keys: PRNGKeyArray | None = None,
+) -> Float[Array, "batch classes"]:
+    """`net` on every example of a batch. `t` is None (DT), a scalar shared by the batch (ODE
+    inference) or one time per example (training); `keys` (one per example) turns dropout on."""
+    if t is not None and jnp.ndim(t) == 0:
+        t = jnp.broadcast_to(t, z.shape[:1])
+    return jax.vmap(
+        _apply_one, in_axes=(None, 0, 0, None if t is None else 0, None if keys is None else 0)
+    )(net, z, x, t, keys)
+
+
+def _apply_one(net, z, x, t, key):
+    return net(z, x, key=key) if t is None else net(z, x, t, key=key)

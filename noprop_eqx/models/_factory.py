@@ -42,7 +42,9 @@ def make_backbone(
             f"got {spec!r}"
         )
     if not isinstance(net, AbstractBackbone):
-        raise TypeError(f"expected the backbone to be an AbstractBackbone, got {type(net).__name__}")
+        raise TypeError(
+            f"expected the backbone to be an AbstractBackbone, got {type(net).__name__}"
+        )
     expected = (num_classes, embed_dim, tuple(image_shape), time_conditioned)
     got = (net.num_classes, net.embed_dim, tuple(net.image_shape), net.time_conditioned)
     if expected != got:

@@ -79,5 +79,3 @@ class SimpleCNN(AbstractBackbone):
             h = h + self.time_fc(self.time_embedding(jnp.asarray(t)))
         h = _dropout(self.dropout, jax.nn.relu(h), key)
         return self.out(jax.nn.relu(self.hidden(h)))
-
-

@@ -1,4 +1,3 @@
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -37,7 +36,9 @@ class LearnedNoiseSchedule(AbstractNoiseSchedule):
         key: PRNGKeyArray,
     ):
         if not gamma_0 < gamma_1:
-            raise ValueError(f"expected gamma_0 < gamma_1, got gamma_0={gamma_0}, gamma_1={gamma_1}")
+            raise ValueError(
+                f"expected gamma_0 < gamma_1, got gamma_0={gamma_0}, gamma_1={gamma_1}"
+            )
         k2, k3 = jr.split(key)
         self.gamma_0 = jnp.asarray(gamma_0, dtype=float)
         self.log_gamma_gap = jnp.log(jnp.asarray(gamma_1 - gamma_0, dtype=float))

@@ -1,4 +1,3 @@
-import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from .._checks import check_time

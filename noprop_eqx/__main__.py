@@ -1,0 +1,465 @@
+"""The `noprop-eqx` command line: `noprop-eqx train --variants DT CT FM BP --epochs 100`.
+
+With no flags beyond `--variants` and `--epochs` a run uses the paper's Table 3 settings
+(batch 128, learning rate 1e-3, weight decay 1e-3, AdamW for DT/BP, Adam for CT/FM, the paper's
+networks, one-hot embeddings) on MNIST. Each variant writes to `--out/<variant>`:
+`config.json`, `metrics.jsonl` (one line per epoch), `checkpoint.eqx` (model, optimizer state,
+epoch, RNG key; rewritten after every epoch) and `summary.json`; `--out/curves.png` plots test
+accuracy against epoch and training time for every variant found under `--out`. `--resume`
+continues from the checkpoint and reproduces the uninterrupted run exactly.
+"""
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from . import data as data_lib
+from ._checkpoint import load_checkpoint, save_checkpoint
+from ._loop import (
+    EMBEDDINGS,
+    SOLVERS,
+    VARIANTS,
+    build_model,
+    resolve_embed_dim,
+    solver_kwargs,
+    stochastic_accuracy,
+    train_epoch,
+)
+from ._train import evaluate_accuracy, init_optimizer_state, make_step, paper_optimizer
+
+DATASETS = ("digits", "mnist", "cifar10", "cifar100")
+CHECKPOINT = "checkpoint.eqx"
+# Settings that determine the training trajectory: a resumed run must match them exactly.
+TRAJECTORY_KEYS = (
+    "variant",
+    "dataset",
+    "model",
+    "embedding",
+    "embed_dim",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "seed",
+    "limit_train",
+)
+DT_INFERENCE_RUNS = 5
+
+
+def _variant(text: str) -> str:
+    name = text.upper()
+    if name not in VARIANTS:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant {text!r}; expected one of {' '.join(VARIANTS)} "
+            "(DT/CT/FM = NoProp-DT/CT/FM, BP = the backprop baseline)"
+        )
+    return name
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return value
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="noprop-eqx", description="NoProp (Li, Teh, Pascanu 2025) in JAX + Equinox."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train",
+        help="train NoProp-DT/CT/FM and the backprop baseline",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_train_arguments(train)
+    train.set_defaults(subparser=train)  # reports option errors with the subcommand's usage
+    return parser
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        type=_variant,
+        default=["DT"],
+        metavar="VARIANT",
+        help="any of DT CT FM BP (BP = backprop baseline); default DT",
+    )
+    p.add_argument("--epochs", type=_positive_int, default=100, help="default 100 (paper)")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="default 128 (paper)")
+    p.add_argument("--lr", type=_non_negative_float, default=1e-3, help="default 1e-3 (paper)")
+    p.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        default=1e-3,
+        help="AdamW weight decay for DT/BP (CT/FM use Adam); default 1e-3 (paper)",
+    )
+    p.add_argument("--embedding", choices=EMBEDDINGS, default="one-hot")
+    p.add_argument(
+        "--embed-dim",
+        type=_positive_int,
+        default=None,
+        help="learned: default 20; one-hot and prototype have fixed dimensions",
+    )
+    p.add_argument(
+        "--model",
+        choices=("paper", "simple"),
+        default="paper",
+        help="backbone: the paper's networks or a small CNN",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="local data folder; default $NOPROP_DATA_DIR, then the HuggingFace hub",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs"), help="output folder (default runs)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue each variant from its checkpoint in --out"
+    )
+    p.add_argument(
+        "--eval-solver",
+        choices=sorted(SOLVERS),
+        default="heun",
+        help="CT/FM inference solver (tsit5 is adaptive, rtol=atol=1e-3)",
+    )
+    p.add_argument(
+        "--eval-steps",
+        type=_positive_int,
+        default=20,
+        help="CT/FM fixed-step solver steps (default 20)",
+    )
+    p.add_argument(
+        "--limit-train",
+        type=_positive_int,
+        default=None,
+        help="use only the first N training images (quick runs)",
+    )
+    p.add_argument(
+        "--limit-test",
+        type=_positive_int,
+        default=None,
+        help="evaluate on the first N test images only (quick runs)",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="append one record per variant to this JSON list (e.g. benchmarks/results/mnist.json)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
+
+
+def run_dir_name(variant: str, embedding: str) -> str:
+    return variant if embedding == "one-hot" else f"{variant}-{embedding}"
+
+
+def _device() -> str:
+    d = jax.devices()[0]
+    return f"{d.device_kind} ({d.platform})"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_result(path: Path, record: dict) -> None:
+    """Appends `record` to the JSON list in `path` (created if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = json.loads(path.read_text()) if path.is_file() else []
+    if not isinstance(records, list):
+        raise ValueError(f"expected {path} to hold a JSON list of run records")
+    records.append(record)
+    _write_json(path, records)
+
+
+def _format_terms(terms: dict) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in terms.items() if isinstance(v, float))
+
+
+def train_variant(
+    variant: str, args: argparse.Namespace, ds: data_lib.ImageDataset, command: str
+) -> dict:
+    """Trains (or resumes) one variant; returns its results record."""
+    log = sys.stderr
+    run_dir = args.out / run_dir_name(variant, args.embedding)
+    ckpt_path = run_dir / CHECKPOINT
+    metrics_path = run_dir / "metrics.jsonl"
+    embed_dim = resolve_embed_dim(args.embedding, args.embed_dim, ds.num_classes, ds.image_shape)
+    config = dict(
+        variant=variant,
+        dataset=args.dataset,
+        model=args.model,
+        embedding=args.embedding,
+        embed_dim=embed_dim,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        eval_solver=args.eval_solver,
+        eval_steps=args.eval_steps,
+        num_classes=ds.num_classes,
+        image_shape=list(ds.image_shape),
+    )
+    # Keys depend on the seed and the variant only, not on which other variants run.
+    k_model, k_train = jr.split(jr.fold_in(jr.key(args.seed), list(VARIANTS).index(variant)))
+    model = build_model(
+        variant,
+        num_classes=ds.num_classes,
+        image_shape=ds.image_shape,
+        backbone=args.model,
+        embedding=args.embedding,
+        embed_dim=embed_dim,
+        x_train=ds.x_train,
+        y_train=ds.y_train,
+        key=k_model,
+    )
+    optimizer = paper_optimizer(model, learning_rate=args.lr, weight_decay=args.weight_decay)
+    config["optimizer"] = "adamw" if variant in ("DT", "BP") else "adam"
+    opt_state = init_optimizer_state(model, optimizer)
+
+    start_epoch, history = 0, []
+    if args.resume and ckpt_path.is_file():
+        saved = json.loads((run_dir / "config.json").read_text())
+        diff = {k: (saved.get(k), config[k]) for k in TRAJECTORY_KEYS if saved.get(k) != config[k]}
+        if diff:
+            raise SystemExit(
+                f"noprop-eqx train: error: cannot resume {run_dir}: settings differ from the "
+                "saved run (saved, now): "
+                + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in diff.items())
+            )
+        model, opt_state, start_epoch, saved_key = load_checkpoint(
+            ckpt_path, model, opt_state, key=k_train
+        )
+        if not bool(jnp.all(jr.key_data(saved_key) == jr.key_data(k_train))):
+            raise SystemExit(f"noprop-eqx train: error: checkpoint key in {ckpt_path} differs")
+        # Lines after the checkpointed epoch belong to an epoch that will be re-run.
+        history = [m for m in read_metrics(metrics_path) if m["epoch"] <= start_epoch]
+        print(f"[{variant}] resuming {run_dir} after epoch {start_epoch}", file=log, flush=True)
+    elif ckpt_path.is_file():
+        raise SystemExit(
+            f"noprop-eqx train: error: {ckpt_path} exists; pass --resume to continue it or "
+            "choose another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "config.json", config)
+    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+
+    step = make_step(type(model).loss_fn, optimizer)
+    predict_kwargs = solver_kwargs(variant, args.eval_solver, args.eval_steps)
+    train_time = history[-1]["train_time_s"] if history else 0.0
+    wall_time = history[-1]["wall_time_s"] if history else 0.0
+    x_test, y_test = ds.x_test, ds.y_test
+    for epoch in range(start_epoch + 1, args.epochs + 1):
+        model, opt_state, stats = train_epoch(
+            step,
+            model,
+            opt_state,
+            ds.x_train,
+            ds.y_train,
+            batch_size=args.batch_size,
+            key=k_train,
+            epoch=epoch,
+            desc=f"[{variant}] epoch {epoch}/{args.epochs}",
+            stream=log,
+            progress=not args.no_progress,
+        )
+        tic = time.perf_counter()
+        accuracy = evaluate_accuracy(model, x_test, y_test, **predict_kwargs)
+        eval_time = time.perf_counter() - tic
+        train_time += stats["time"]
+        wall_time += stats["time"] + eval_time
+        save_checkpoint(ckpt_path, model, opt_state, epoch=epoch, key=k_train)
+        line = dict(
+            epoch=epoch,
+            train_loss=stats["loss_terms"],
+            test_accuracy=accuracy,
+            epoch_time_s=stats["time"],
+            eval_time_s=eval_time,
+            train_time_s=train_time,
+            wall_time_s=wall_time,
+            images_per_s=stats["images_per_s"],
+        )
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+        history.append(line)
+        print(
+            f"[{variant}] epoch {epoch:3d}/{args.epochs} | {_format_terms(stats['loss_terms'])} "
+            f"| test acc {accuracy:.2%} | {stats['time']:.1f}s train + {eval_time:.1f}s eval "
+            f"| {stats['images_per_s']:.0f} img/s",
+            file=log,
+            flush=True,
+        )
+    if not history:
+        raise SystemExit(f"noprop-eqx train: error: {run_dir} has no completed epoch")
+
+    record = dict(
+        variant=variant,
+        embedding=args.embedding,
+        embed_dim=embed_dim,
+        model=args.model,
+        dataset=args.dataset,
+        epochs=history[-1]["epoch"],
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        test_size=len(y_test),
+        device=_device(),
+        train_time_s=train_time,
+        wall_time_s=wall_time,
+        final_accuracy=history[-1]["test_accuracy"],
+        best_accuracy=max(m["test_accuracy"] for m in history),
+        best_epoch=max(history, key=lambda m: m["test_accuracy"])["epoch"],
+        inference_solver=None,
+        nfe=None,
+        run_dir=str(run_dir),
+        command=command,
+        commit=git_commit(),
+        time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    if variant == "DT":
+        tic = time.perf_counter()
+        k_infer = jr.fold_in(jr.key(args.seed), 1_000_003)
+        record["accuracy_deterministic"] = record["final_accuracy"]
+        stoch = stochastic_accuracy(model, x_test, y_test, key=k_infer, runs=DT_INFERENCE_RUNS)
+        record.update(
+            accuracy_stochastic_mean=stoch["mean"],
+            accuracy_stochastic_se=stoch["se"],
+            accuracy_stochastic_runs=stoch["runs"],
+        )
+        print(
+            f"[{variant}] final: deterministic {record['final_accuracy']:.2%}, stochastic "
+            f"{stoch['mean']:.2%} ± {stoch['se']:.2%} (s.e., {DT_INFERENCE_RUNS} runs, "
+            f"{time.perf_counter() - tic:.1f}s)",
+            file=log,
+            flush=True,
+        )
+    if variant in ("CT", "FM"):
+        probe = x_test[: min(len(x_test), 1000)]
+        nfe = model.solve(probe, **predict_kwargs).nfe
+        record["inference_solver"] = args.eval_solver
+        record["eval_steps"] = None if args.eval_solver == "tsit5" else args.eval_steps
+        record["nfe"] = int(nfe)
+    _write_json(run_dir / "summary.json", record)
+    return record
+
+
+def plot_curves(out: Path) -> Path | None:
+    """`out/curves.png`: test accuracy against epoch and against cumulative training time, one
+    line per run folder under `out` (the paper's Fig. 3 layout)."""
+    runs = {p.parent.name: read_metrics(p) for p in sorted(out.glob("*/metrics.jsonl"))}
+    runs = {k: v for k, v in runs.items() if v}
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_e, ax_t) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for name, rows in runs.items():
+        acc = [100 * r["test_accuracy"] for r in rows]
+        ax_e.plot([r["epoch"] for r in rows], acc, marker="o", ms=3, label=name)
+        ax_t.plot([r["train_time_s"] / 60 for r in rows], acc, marker="o", ms=3, label=name)
+    ax_e.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy vs epoch")
+    ax_t.set(xlabel="training time (min, excluding evaluation)", title="accuracy vs time")
+    for ax in (ax_e, ax_t):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
+    try:
+        ds = data_lib.load_dataset(args.dataset, args.data_dir)
+    except data_lib.DatasetNotFoundError as e:
+        parser.error(str(e))
+    if args.limit_train is not None or args.limit_test is not None:
+        ds = ds.subset(args.limit_train, args.limit_test)
+    try:  # check option combinations before any training starts
+        resolve_embed_dim(args.embedding, args.embed_dim, ds.num_classes, ds.image_shape)
+    except ValueError as e:
+        parser.error(str(e))
+    print(f"{ds} on {_device()}", file=sys.stderr, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for variant in dict.fromkeys(args.variants):  # unique, in the given order
+        record = train_variant(variant, args, ds, command)
+        if args.results is not None:
+            append_result(args.results, record)
+        plot_curves(args.out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    command = shlex.join(sys.argv if argv is None else ["noprop-eqx", *argv])
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        return run_train(args, args.subparser, command)
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Checkpoints of a training run: model, optimizer state, epoch and RNG key in one file.
+
+The file holds the leaves of `{"model", "opt_state", "epoch", "key"}` written by
+`eqx.tree_serialise_leaves`. To read it back you build a skeleton of the same structure (the
+model and optimizer state a fresh run would start from) and `load_checkpoint` fills it in.
+"""
+
+import os
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import PRNGKeyArray, PyTree
+
+
+def _payload(model: PyTree, opt_state: PyTree, epoch, key_data) -> dict:
+    return dict(model=model, opt_state=opt_state, epoch=epoch, key=key_data)
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: PyTree,
+    opt_state: PyTree,
+    *,
+    epoch: int,
+    key: PRNGKeyArray,
+) -> Path:
+    """Writes `model`, `opt_state`, the number of completed `epoch`s and the run's base `key`
+    to `path` with `eqx.tree_serialise_leaves`. The write is atomic (a temporary file renamed
+    over `path`), so an interrupted save never leaves a half-written checkpoint."""
+    if not (isinstance(epoch, int) and epoch >= 0):
+        raise ValueError(f"expected epoch to be a non-negative int, got {epoch!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    payload = _payload(model, opt_state, jnp.asarray(epoch, jnp.int32), jr.key_data(key))
+    eqx.tree_serialise_leaves(tmp, payload)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike, model: PyTree, opt_state: PyTree, *, key: PRNGKeyArray
+) -> tuple[PyTree, PyTree, int, PRNGKeyArray]:
+    """Reads a checkpoint written by `save_checkpoint` into skeletons of the same structure.
+
+    **Arguments:** `model`, `opt_state` and `key` are skeletons (e.g. a freshly built model, its
+    `init_optimizer_state` and `jax.random.key(seed)`); only their structure, shapes and dtypes
+    matter.
+
+    **Returns:** `(model, opt_state, epoch, key)`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    like = _payload(model, opt_state, jnp.asarray(0, jnp.int32), jr.key_data(key))
+    try:
+        loaded = eqx.tree_deserialise_leaves(path, like)
+    except Exception as e:  # shape/dtype/structure mismatch: say what was expected
+        raise ValueError(
+            f"checkpoint {path} does not match the model and optimizer built from the run's "
+            f"configuration ({type(e).__name__}: {e})"
+        ) from e
+    new_key = jax.random.wrap_key_data(loaded["key"], impl=jax.random.key_impl(key))
+    return loaded["model"], loaded["opt_state"], int(loaded["epoch"]), new_key

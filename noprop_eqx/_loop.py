@@ -1,0 +1,250 @@
+"""A resumable, observable training loop built from plain functions.
+
+Nothing here holds hidden state: `build_model` makes a variant from a configuration dict,
+`epoch_keys` derives an epoch's keys from the run's base key and the epoch number alone (so a
+resumed run draws exactly the numbers an uninterrupted one would), and `train_epoch` runs one
+shuffled pass of a compiled step, returning the new model, optimizer state and the epoch's mean
+loss terms.
+"""
+
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jaxtyping import PRNGKeyArray, PyTree
+
+from ._backprop import BackpropBaseline
+from ._ct import NoPropCT
+from ._dt import NoPropDT
+from ._embeddings import PrototypeEmbedding
+from ._fm import NoPropFM
+from ._train import evaluate_accuracy
+from .data import num_train_batches, train_batches
+
+VARIANTS: dict[str, type[eqx.Module]] = {
+    "DT": NoPropDT,
+    "CT": NoPropCT,
+    "FM": NoPropFM,
+    "BP": BackpropBaseline,
+}
+EMBEDDINGS = ("one-hot", "learned", "prototype")
+SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
+    "euler": diffrax.Euler,
+    "heun": diffrax.Heun,
+    "tsit5": diffrax.Tsit5,
+}
+
+
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"unknown variant {variant!r}: expected one of {', '.join(VARIANTS)} "
+            "(DT/CT/FM = NoProp-DT/CT/FM, BP = the backprop baseline)"
+        )
+    return variant
+
+
+def resolve_embed_dim(
+    embedding: str, embed_dim: int | None, num_classes: int, image_shape: tuple[int, ...]
+) -> int:
+    """The embedding dimension a variant will get: m for one-hot, C·H·W for prototype,
+    `embed_dim` (default 20) for learned. An explicit `embed_dim` that contradicts a fixed
+    dimension is an error rather than being silently ignored."""
+    if embedding not in EMBEDDINGS:
+        raise ValueError(f"expected embedding to be one of {EMBEDDINGS}, got {embedding!r}")
+    if embed_dim is not None and not (isinstance(embed_dim, int) and embed_dim > 0):
+        raise ValueError(f"expected embed_dim to be a positive int, got {embed_dim!r}")
+    fixed = {"one-hot": num_classes, "prototype": math.prod(image_shape)}.get(embedding)
+    if fixed is None:
+        return 20 if embed_dim is None else embed_dim
+    if embed_dim is not None and embed_dim != fixed:
+        what = (
+            f"the number of classes ({num_classes})"
+            if embedding == "one-hot"
+            else f"the image size C*H*W = {'*'.join(map(str, image_shape))} = {fixed}"
+        )
+        raise ValueError(
+            f"--embed-dim {embed_dim} does not fit the {embedding} embedding, whose dimension "
+            f"is {what}; drop --embed-dim or pass --embed-dim {fixed}"
+        )
+    return fixed
+
+
+def build_model(
+    variant: str,
+    *,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    backbone: str = "paper",
+    embedding: str = "one-hot",
+    embed_dim: int | None = None,
+    x_train: np.ndarray | None = None,
+    y_train: np.ndarray | None = None,
+    key: PRNGKeyArray,
+) -> eqx.Module:
+    """One of `VARIANTS` with the given backbone ("paper" or "simple") and embedding.
+    "prototype" needs the training images and labels (`x_train`, `y_train`)."""
+    cls = VARIANTS[check_variant(variant)]
+    dim = resolve_embed_dim(embedding, embed_dim, num_classes, image_shape)
+    spec: Any = embedding
+    if embedding == "prototype":
+        if x_train is None or y_train is None:
+            raise ValueError("the prototype embedding needs the training images and labels")
+        spec = PrototypeEmbedding(x_train, y_train, num_classes)
+    return cls(
+        num_classes, tuple(image_shape), backbone=backbone, embedding=spec, embed_dim=dim, key=key
+    )
+
+
+def epoch_keys(base_key: PRNGKeyArray, epoch: int) -> tuple[PRNGKeyArray, PRNGKeyArray]:
+    """(shuffle key, step key) of 1-based `epoch`: functions of `base_key` and `epoch` only."""
+    return tuple(jr.split(jr.fold_in(base_key, epoch)))  # type: ignore[return-value]
+
+
+def solver_kwargs(variant: str, solver: str = "heun", num_steps: int = 20) -> dict:
+    """Keywords for `model.predict` of a CT/FM model (none for DT/BP)."""
+    if variant not in ("CT", "FM"):
+        return {}
+    if solver not in SOLVERS:
+        raise ValueError(f"expected a solver in {sorted(SOLVERS)}, got {solver!r}")
+    if solver == "tsit5":
+        controller = diffrax.PIDController(rtol=1e-3, atol=1e-3)
+        return dict(solver=diffrax.Tsit5(), stepsize_controller=controller)
+    if not (isinstance(num_steps, int) and num_steps >= 1):
+        raise ValueError(f"expected a positive number of solver steps, got {num_steps!r}")
+    return dict(solver=SOLVERS[solver](), num_steps=num_steps)
+
+
+class ProgressBar:
+    """A tiny progress bar on a text stream: `update(done, **fields)` redraws at most every
+    `interval` seconds. On a terminal it redraws one line; otherwise (a log file) it prints a
+    line at each tenth of the way."""
+
+    def __init__(
+        self, total: int, *, desc: str = "", stream: TextIO | None = None, interval: float = 0.25
+    ):
+        self.total, self.desc, self.interval = total, desc, interval
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.start = self._last = time.perf_counter()
+        self._tenth = 0
+
+    def _line(self, done: int, fields: Mapping[str, str]) -> str:
+        width = 24
+        filled = int(width * done / max(self.total, 1))
+        extra = " ".join(f"{k} {v}" for k, v in fields.items())
+        return f"{self.desc} |{'#' * filled}{'.' * (width - filled)}| {done}/{self.total} {extra}"
+
+    def due(self, done: int) -> bool:
+        """Whether `update(done, ...)` would draw (so callers can skip computing its fields)."""
+        if done >= self.total:
+            return True
+        if self.tty:
+            return time.perf_counter() - self._last >= self.interval
+        return done * 10 >= (self._tenth + 1) * self.total
+
+    def update(self, done: int, **fields: str) -> None:
+        if not self.due(done):
+            return
+        if self.tty:
+            self.stream.write("\r" + self._line(done, fields))
+        else:
+            self._tenth = done * 10 // max(self.total, 1)
+            self.stream.write(self._line(done, fields) + "\n")
+        self.stream.flush()
+        self._last = time.perf_counter()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _scalar_means(totals: dict, count: int) -> dict[str, float | list[float]]:
+    out: dict[str, float | list[float]] = {}
+    for name, value in totals.items():
+        value = np.asarray(value) / count
+        out[name] = float(value) if value.ndim == 0 else [float(v) for v in value]
+    return out
+
+
+def train_epoch(
+    step: Callable,
+    model: PyTree,
+    opt_state: PyTree,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    key: PRNGKeyArray,
+    epoch: int,
+    desc: str = "",
+    stream: TextIO | None = None,
+    progress: bool = True,
+) -> tuple[PyTree, PyTree, dict[str, Any]]:
+    """One shuffled pass over `(x, y)` with `step(model, opt_state, batch, key)`.
+
+    Keys come from `epoch_keys(key, epoch)`; batch i gets `fold_in(step_key, i)`.
+
+    **Returns:** `(model, opt_state, stats)` with `stats["loss_terms"]` the epoch means of every
+    entry of the step's `aux` (vectors, such as DT's per-block loss, stay vectors),
+    `stats["time"]` the wall time of the epoch and `stats["images_per_s"]`.
+    """
+    k_shuffle, k_steps = epoch_keys(key, epoch)
+    total = num_train_batches(len(x), batch_size)
+    bar = ProgressBar(total, desc=desc, stream=stream) if progress else None
+    totals: dict | None = None
+    start = time.perf_counter()
+    for i, batch in enumerate(train_batches(x, y, batch_size, key=k_shuffle)):
+        model, opt_state, aux = step(model, opt_state, batch, jr.fold_in(k_steps, i))
+        totals = aux if totals is None else jax.tree.map(jnp.add, totals, aux)
+        if bar is not None and bar.due(i + 1):  # only then wait for the device
+            elapsed = time.perf_counter() - start
+            running = float(totals["loss"]) / (i + 1)
+            bar.update(
+                i + 1,
+                loss=f"{running:.4f}",
+                **{"img/s": f"{(i + 1) * batch_size / max(elapsed, 1e-9):.0f}"},
+            )
+    if totals is None:
+        raise ValueError("expected at least one training example, got none")
+    totals = jax.device_get(totals)
+    elapsed = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    stats = dict(
+        loss_terms=_scalar_means(totals, total),
+        time=elapsed,
+        images_per_s=total * batch_size / elapsed,
+        num_batches=total,
+    )
+    return model, opt_state, stats
+
+
+def stochastic_accuracy(
+    model: eqx.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    key: PRNGKeyArray,
+    runs: int = 5,
+    **predict_kwargs,
+) -> dict[str, Any]:
+    """Accuracy over `runs` independent stochastic inference passes (`key` split `runs` ways):
+    mean, standard error (std / √runs, ddof=1) and the individual accuracies."""
+    if runs < 2:
+        raise ValueError(f"expected at least 2 runs for a standard error, got {runs}")
+    accs = [evaluate_accuracy(model, x, y, key=k, **predict_kwargs) for k in jr.split(key, runs)]
+    return dict(
+        mean=float(np.mean(accs)),
+        se=float(np.std(accs, ddof=1) / np.sqrt(runs)),
+        runs=[float(a) for a in accs],
+    )

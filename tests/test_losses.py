@@ -1,0 +1,192 @@
+"""Each loss against a slow, literal, per-example reference written here."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import noprop_eqx as npx
+from noprop_eqx.models import SimpleCNN
+from noprop_eqx.noise_schedules import SigmoidNoiseSchedule
+
+B, M, SHAPE = 4, 4, (1, 8, 8)
+
+
+def _batch(key):
+    kx, ky = jr.split(key)
+    return jr.normal(kx, (B, *SHAPE)), jr.randint(ky, (B,), 0, M)
+
+
+def _simple(time_embed_dim, dim):
+    return lambda k: SimpleCNN(
+        M, time_embed_dim, embed_dim=dim, image_shape=SHAPE, dropout=0.0, key=k
+    )
+
+
+def _np(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def _log_softmax(logits):
+    logits = _np(logits)
+    return logits - logits.max() - math.log(np.exp(logits - logits.max()).sum())
+
+
+def _kl(u, alpha_bar_0):
+    d = len(u)
+    return 0.5 * (alpha_bar_0 * (u @ u) + d * (1 - alpha_bar_0) - d - d * math.log(1 - alpha_bar_0))
+
+
+def test_kl_formula_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=5)
+    alpha_bar = 0.3
+    mean, var = math.sqrt(alpha_bar) * u, 1 - alpha_bar
+    z = mean + math.sqrt(var) * rng.normal(size=(400_000, 5))
+    log_q = -0.5 * (((z - mean) ** 2) / var).sum(1) - 0.5 * 5 * math.log(2 * math.pi * var)
+    log_p = -0.5 * (z**2).sum(1) - 0.5 * 5 * math.log(2 * math.pi)
+    mc = np.mean(log_q - log_p)
+    closed = float(npx.kl_to_standard_normal(jnp.asarray(u, dtype=jnp.float32), alpha_bar))
+    assert closed == pytest.approx(mc, rel=1e-2)
+    assert closed == pytest.approx(_kl(u, alpha_bar), rel=1e-5)
+
+
+@pytest.mark.parametrize("embedding", ["one-hot", "learned"])
+def test_dt_loss_matches_reference(getkey, embedding):
+    T = 3
+    model = npx.NoPropDT(
+        M,
+        SHAPE,
+        num_blocks=T,
+        backbone=_simple(0, M if embedding == "one-hot" else 6),
+        embedding=embedding,
+        embed_dim=6,
+        key=getkey(),
+    )
+    batch, key = _batch(getkey()), getkey()
+    loss, aux = npx.NoPropDT.loss_fn(model, batch, key)
+
+    x, y = batch
+    w = model.embedding.matrix()
+    # Cosine schedule, written out: ᾱ(τ) = clip(cos²(π/2 (1-τ+s)/(1+s)) / cos²(π/2 s/(1+s))).
+    s = 0.008
+    alpha_bar = [
+        min(
+            max(
+                math.cos(0.5 * math.pi * (1 - k / T + s) / (1 + s)) ** 2
+                / math.cos(0.5 * math.pi * s / (1 + s)) ** 2,
+                1e-4,
+            ),
+            0.9999,
+        )
+        for k in range(T + 1)
+    ]
+    snr = [ab / (1 - ab) for ab in alpha_bar]
+    # The documented key use: z_k for example b is sample_q with key split(split(k_z, T+1)[k], B)[b].
+    k_z, _ = jr.split(key)
+    level_keys = jr.split(k_z, T + 1)
+    ce = kl = 0.0
+    denoise = np.zeros(T)
+    for b in range(B):
+        u = w[y[b]]
+        for t in range(1, T + 1):
+            z_prev = npx.sample_q(u, alpha_bar[t - 1], key=jr.split(level_keys[t - 1], B)[b])
+            logits = _np(eqx.filter_jit(model.block(t - 1))(z_prev, x[b]))
+            probs = np.exp(_log_softmax(logits))
+            u_hat = probs @ _np(w)
+            denoise[t - 1] += (snr[t] - snr[t - 1]) * np.sum((u_hat - _np(u)) ** 2) / B
+        z_T = npx.sample_q(u, alpha_bar[T], key=jr.split(level_keys[T], B)[b])
+        ce += -_log_softmax(model.readout(z_T))[int(y[b])] / B
+        kl += _kl(_np(u), alpha_bar[0]) / B
+    expected = ce + kl + 0.5 * T * 0.1 * denoise.mean()
+    assert float(aux["ce"]) == pytest.approx(ce, rel=1e-4)
+    assert float(aux["kl"]) == pytest.approx(kl, rel=1e-4, abs=1e-6)
+    np.testing.assert_allclose(_np(aux["denoise_per_block"]), denoise, rtol=1e-3)
+    assert float(loss) == pytest.approx(expected, rel=1e-3)
+
+
+def test_ct_loss_matches_reference(getkey):
+    gamma = 2.5
+    model = npx.NoPropCT(
+        M, SHAPE, backbone=_simple(16, M), schedule=SigmoidNoiseSchedule(gamma), key=getkey()
+    )
+    batch, key = _batch(getkey()), getkey()
+    loss, aux = npx.NoPropCT.loss_fn(model, batch, key)
+
+    x, y = batch
+    w = _np(model.embedding.matrix())
+    k_t, k_z, k_z1, _ = jr.split(key, 4)
+    ts = np.asarray(jr.uniform(k_t, (B,)), dtype=np.float64)
+    sig = lambda v: 1 / (1 + math.exp(-v))
+    ce = kl = denoise = 0.0
+    for b in range(B):
+        t = ts[b]
+        alpha_bar = sig(gamma * (2 * t - 1))
+        snr_prime = 2 * gamma * math.exp(gamma * (2 * t - 1))  # d/dt exp(γ(2t-1))
+        u = jnp.asarray(w[int(y[b])], dtype=jnp.float32)
+        z_t = npx.sample_q(u, alpha_bar, key=jr.split(k_z, B)[b])
+        logits = eqx.filter_jit(model.net)(z_t, x[b], jnp.asarray(t, dtype=jnp.float32))
+        u_hat = np.exp(_log_softmax(logits)) @ w
+        denoise += snr_prime * np.sum((u_hat - w[int(y[b])]) ** 2) / B
+        z_1 = npx.sample_q(u, sig(gamma), key=jr.split(k_z1, B)[b])
+        ce += -_log_softmax(model.readout(z_1))[int(y[b])] / B
+        kl += _kl(w[int(y[b])], sig(-gamma)) / B
+    assert float(aux["denoise"]) == pytest.approx(0.5 * 1.0 * denoise, rel=1e-3)
+    assert float(aux["ce"]) == pytest.approx(ce, rel=1e-4)
+    assert float(aux["kl"]) == pytest.approx(kl, rel=1e-4)
+    assert float(loss) == pytest.approx(ce + kl + 0.5 * denoise, rel=1e-3)
+
+
+@pytest.mark.parametrize("embedding", ["one-hot", "learned"])
+def test_fm_loss_matches_reference(getkey, embedding):
+    dim = M if embedding == "one-hot" else 6
+    model = npx.NoPropFM(
+        M, SHAPE, backbone=_simple(16, dim), embedding=embedding, embed_dim=6, key=getkey()
+    )
+    batch, key = _batch(getkey()), getkey()
+    loss, aux = npx.NoPropFM.loss_fn(model, batch, key)
+
+    x, y = batch
+    w = _np(model.embedding.matrix())
+    k_t, k_z0, _, _ = jr.split(key, 4)
+    ts = np.asarray(jr.uniform(k_t, (B,)), dtype=np.float64)
+    z0s = _np(jr.normal(k_z0, (B, dim)))
+    flow = ce = 0.0
+    for b in range(B):
+        t, z0, u = ts[b], z0s[b], w[int(y[b])]
+        z_t = t * u + (1 - t) * z0
+        logits = _np(
+            eqx.filter_jit(model.net)(
+                jnp.asarray(z_t, dtype=jnp.float32), x[b], jnp.asarray(t, dtype=jnp.float32)
+            )
+        )
+        v = logits @ w
+        flow += np.sum((v - (u - z0)) ** 2) / B
+        z1 = jnp.asarray(z_t + (1 - t) * v, dtype=jnp.float32)
+        ce += -_log_softmax(model.readout(z1))[int(y[b])] / B
+    assert float(aux["flow"]) == pytest.approx(flow, rel=1e-3)
+    if embedding == "learned":
+        assert float(aux["ce"]) == pytest.approx(ce, rel=1e-3)
+        assert float(loss) == pytest.approx(flow + ce, rel=1e-3)
+    else:
+        assert "ce" not in aux
+        assert float(loss) == pytest.approx(flow, rel=1e-3)
+
+
+def test_dt_no_gradient_crosses_blocks(getkey):
+    T = 4
+    model = npx.NoPropDT(M, SHAPE, num_blocks=T, backbone=_simple(0, M), key=getkey())
+    batch, key = _batch(getkey()), getkey()
+    for j in range(T):
+        grads = eqx.filter_grad(
+            lambda m: npx.NoPropDT.loss_fn(m, batch, key)[1]["denoise_per_block"][j]
+        )(model)
+        for leaf in jax.tree.leaves(grads.blocks):
+            norms = np.abs(np.asarray(leaf)).reshape(T, -1).sum(axis=1)
+            assert all(norms[i] == 0.0 for i in range(T) if i != j)
+        total = sum(np.abs(np.asarray(leaf))[j].sum() for leaf in jax.tree.leaves(grads.blocks))
+        assert total > 0.0
