@@ -77,8 +77,6 @@ def integrate(
             f"an adaptive step-size controller needs a solver with an error estimate; "
             f"{type(solver).__name__} has none (use Heun, Tsit5 or Dopri5)"
         )
-    if adaptive and dt0 is None:
-        initial += 2  # Diffrax's initial step-size selection evaluates the field twice.
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field),
         solver,

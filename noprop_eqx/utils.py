@@ -5,7 +5,7 @@ from typing import Any
 import equinox as eqx
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Int, PRNGKeyArray, PyTree
 
 from ._train import LossFn, init_optimizer_state, make_step, paper_optimizer
 
@@ -42,7 +42,7 @@ _steps: dict[tuple[Any, Any], Any] = {}
 
 
 def train_step(
-    state: TrainState, batch: tuple[Array, Array], key: PRNGKeyArray
+    state: TrainState, batch: tuple[ArrayLike, ArrayLike], key: PRNGKeyArray
 ) -> tuple[TrainState, dict[str, Array]]:
     """One compiled optimisation step: returns the new state and the loss metrics."""
     cache_key = (state.loss_fn, state.optimizer)
@@ -56,7 +56,7 @@ def train_step(
 
 @eqx.filter_jit
 def eval_step(
-    model: eqx.Module, batch: tuple[Array, Array], key: PRNGKeyArray | None = None
+    model: eqx.Module, batch: tuple[ArrayLike, ArrayLike], key: PRNGKeyArray | None = None
 ) -> dict[str, Array]:
     """Accuracy and correct count on one batch (dropout off; `key` makes inference stochastic)."""
     if isinstance(model, TrainState):

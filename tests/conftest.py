@@ -4,7 +4,8 @@ import jax
 import jax.random as jr
 import pytest
 
-jax.config.update("jax_numpy_dtype_promotion", "strict")
+# Strict rank promotion catches silent broadcasting bugs. (Strict *dtype* promotion is left off:
+# optax's Adam bias correction mixes a Python float with an int32 step count.)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

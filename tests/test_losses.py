@@ -86,7 +86,7 @@ def test_dt_loss_matches_reference(getkey, embedding):
         for k in range(T + 1)
     ]
     snr = [ab / (1 - ab) for ab in alpha_bar]
-    # The documented key use: z_k for example b is sample_q with key split(split(k_z, T+1)[k], B)[b].
+    # Key use as documented: z_k of example b = sample_q(..., key=split(split(k_z, T+1)[k], B)[b]).
     k_z, _ = jr.split(key)
     level_keys = jr.split(k_z, T + 1)
     ce = kl = 0.0
@@ -183,7 +183,7 @@ def test_dt_no_gradient_crosses_blocks(getkey):
     batch, key = _batch(getkey()), getkey()
     for j in range(T):
         grads = eqx.filter_grad(
-            lambda m: npx.NoPropDT.loss_fn(m, batch, key)[1]["denoise_per_block"][j]
+            lambda m, j=j: npx.NoPropDT.loss_fn(m, batch, key)[1]["denoise_per_block"][j]
         )(model)
         for leaf in jax.tree.leaves(grads.blocks):
             norms = np.abs(np.asarray(leaf)).reshape(T, -1).sum(axis=1)

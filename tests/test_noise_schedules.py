@@ -64,7 +64,7 @@ def test_learned_monotone_after_perturbation(getkey):
     for _ in range(10):
         leaves, treedef = jax.tree.flatten(params)
         keys = jr.split(getkey(), len(leaves))
-        noisy = [leaf + 3.0 * jr.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
+        noisy = [p + 3.0 * jr.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
         perturbed = eqx.combine(jax.tree.unflatten(treedef, noisy), static)
         gammas = np.asarray(jax.vmap(perturbed.gamma)(GRID))
         assert np.all(np.diff(gammas) <= 1e-5)
@@ -107,7 +107,7 @@ def test_posterior_coefficients_match_gaussian_conditioning():
         mean = np.array([math.sqrt(ab_t), math.sqrt(alpha * ab_t)])
         cov = mixing @ mixing.T
         gain = cov[0, 1] / cov[1, 1]
-        # E[z_t | z_{t-1}] = mean_0 + gain (z_{t-1} - mean_1) = (mean_0 - gain mean_1) u + gain z_{t-1}
+        # E[z_t | z_{t-1}] = mean_0 + gain (z_{t-1} - mean_1): a = mean_0 - gain mean_1, b = gain
         assert b[t - 1] == pytest.approx(gain, rel=1e-4)
         assert a[t - 1] == pytest.approx(mean[0] - gain * mean[1], rel=1e-4, abs=1e-6)
         assert c[t - 1] == pytest.approx(cov[0, 0] - gain * cov[0, 1], rel=1e-3, abs=1e-7)

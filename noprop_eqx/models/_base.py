@@ -3,7 +3,7 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Key, PRNGKeyArray
 
 
 class AbstractBackbone(eqx.Module):
@@ -36,7 +36,7 @@ def apply_batched(
     x: Float[Array, "batch c h w"],
     t: Float[Array, "*batch"] | None = None,
     *,
-    keys: PRNGKeyArray | None = None,
+    keys: Key[Array, " batch"] | None = None,
 ) -> Float[Array, "batch classes"]:
     """`net` on every example of a batch. `t` is None (DT), a scalar shared by the batch (ODE
     inference) or one time per example (training); `keys` (one per example) turns dropout on."""

@@ -1,0 +1,116 @@
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import noprop_eqx as npx
+from noprop_eqx.models import SimpleCNN, SinusoidalTimeEmbedding
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def fm_field():
+    """A fixed network vector field (NoPropFM on random images), the ODE the solvers integrate.
+    Its time embedding's frequencies stop at 3 so the step sizes below are in the asymptotic
+    regime (at 1000 a random network oscillates in t faster than a 1/64 step resolves)."""
+
+    def backbone(key):
+        net = SimpleCNN(4, 16, image_shape=SHAPE, key=key)
+        return eqx.tree_at(lambda n: n.time_embedding, net, SinusoidalTimeEmbedding(16, 3.0))
+
+    model = npx.NoPropFM(4, SHAPE, backbone=backbone, key=jr.key(0))
+    x = jr.normal(jr.key(1), (3, *SHAPE))
+    z0 = jr.normal(jr.key(2), (3, 4))
+    return model, x, z0
+
+
+def _error(model, x, z0, reference, **kwargs):
+    z1 = npx.integrate(model.vector_field, z0, x, **kwargs).z1
+    return float(jnp.max(jnp.abs(z1 - reference)))
+
+
+def test_convergence_orders(fm_field):
+    model, x, z0 = fm_field
+    reference = npx.integrate(
+        model.vector_field,
+        z0,
+        x,
+        solver=diffrax.Tsit5(),
+        stepsize_controller=diffrax.PIDController(rtol=1e-7, atol=1e-7),
+    ).z1
+    for solver, steps, order in [
+        (diffrax.Euler(), (8, 16, 32, 64), 1),
+        (diffrax.Heun(), (4, 8, 16, 32), 2),
+    ]:
+        errors = [_error(model, x, z0, reference, solver=solver, num_steps=n) for n in steps]
+        slopes = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+        assert np.median(slopes) == pytest.approx(order, abs=0.35), (type(solver).__name__, errors)
+
+
+def test_nfe_is_counted_exactly():
+    calls = [0]
+
+    def bump():
+        calls[0] += 1
+
+    def field(t, z, args):
+        jax.debug.callback(bump)
+        return -z * (1.0 + t)
+
+    pid = diffrax.PIDController(rtol=1e-5, atol=1e-5)
+    cases = [
+        (diffrax.Euler(), dict(num_steps=10)),
+        (diffrax.Heun(), dict(num_steps=10)),
+        (diffrax.Tsit5(), dict(num_steps=7)),
+        (diffrax.Tsit5(), dict(stepsize_controller=pid)),
+        (diffrax.Dopri5(), dict(stepsize_controller=pid)),
+        (diffrax.Heun(), dict(stepsize_controller=pid)),
+    ]
+    for solver, kwargs in cases:
+        calls[0] = 0
+        sol = npx.integrate(field, jnp.ones((3, 2)), solver=solver, **kwargs)
+        jax.block_until_ready(sol.z1)
+        jax.effects_barrier()
+        assert int(sol.nfe) == calls[0], type(solver).__name__
+        if "num_steps" in kwargs:
+            assert int(sol.num_steps) == kwargs["num_steps"]
+        # The exact solution z(1) = exp(-(t + t²/2)) z(0) at t = 1.
+        assert float(sol.z1[0, 0]) == pytest.approx(np.exp(-1.5), abs=0.05)
+
+
+def test_ct_and_fm_predict_with_each_solver(getkey):
+    x = jr.normal(getkey(), (5, *SHAPE))
+    for cls in (npx.NoPropCT, npx.NoPropFM):
+        model = cls(3, SHAPE, backbone="simple", key=getkey())
+        for kwargs in (
+            dict(solver=diffrax.Euler(), num_steps=5),
+            dict(solver=diffrax.Heun(), num_steps=5),
+            dict(solver=diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(1e-3, 1e-3)),
+        ):
+            sol = model.solve(x, **kwargs)
+            assert sol.z1.shape == (5, 3) and bool(jnp.all(jnp.isfinite(sol.z1)))
+            assert int(sol.nfe) >= 5
+            predictions = model.predict(x, **kwargs)
+            assert predictions.shape == (5,) and predictions.dtype == jnp.int32
+
+
+def test_bad_solver_options(getkey):
+    field = lambda t, z, args: -z
+    z0 = jnp.ones((2, 2))
+    # (Under the test suite's runtime type checking, jaxtyping reports this one first.)
+    with pytest.raises(TypeError, match=r"(?s)(expected a Diffrax solver, got str|solver.*'rk4')"):
+        npx.integrate(field, z0, solver="rk4")
+    with pytest.raises(ValueError, match="needs a solver with an error estimate; Euler has none"):
+        npx.integrate(
+            field, z0, solver=diffrax.Euler(), stepsize_controller=diffrax.PIDController(1e-3, 1e-3)
+        )
+    with pytest.raises(ValueError, match="expected num_steps to be a positive int, got 0"):
+        npx.integrate(field, z0, num_steps=0)
+    with pytest.raises(ValueError, match="give num_steps or dt0, not both"):
+        npx.integrate(field, z0, num_steps=4, dt0=0.25)
+    with pytest.raises(TypeError, match="expected an explicit Diffrax solver"):
+        npx.integrate(field, z0, solver=diffrax.ImplicitEuler())

@@ -1,0 +1,90 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+import pytest
+
+import noprop_eqx as npx
+from noprop_eqx.data import load_digits, train_batches
+from noprop_eqx.utils import TrainState, create_train_state, eval_step, train_step
+
+from .conftest import SHARED_DATA
+
+SHAPE = (1, 8, 8)
+
+
+def test_second_step_does_not_recompile(getkey):
+    traces = [0]
+
+    def counting_loss(model, batch, key):
+        traces[0] += 1
+        return npx.NoPropDT.loss_fn(model, batch, key)
+
+    model = npx.NoPropDT(10, SHAPE, num_blocks=2, backbone="simple", key=getkey())
+    optimizer = optax.adamw(1e-3)
+    step = npx.make_step(counting_loss, optimizer)
+    opt_state = npx.init_optimizer_state(model, optimizer)
+    data = load_digits()
+    before = jax.tree.leaves(eqx.filter(model, eqx.is_array))[0].copy()
+    for i, batch in enumerate(train_batches(data.x_train, data.y_train, 32, key=getkey())):
+        model, opt_state, aux = step(model, opt_state, batch, getkey())
+        if i == 2:
+            break
+    assert traces[0] == 1
+    assert bool(jnp.isfinite(aux["loss"]))
+    assert not np.allclose(before, jax.tree.leaves(eqx.filter(model, eqx.is_array))[0])
+
+
+def test_train_state_api(getkey):
+    data = load_digits()
+    model = npx.NoPropFM(10, SHAPE, backbone="simple", key=getkey())
+    state = create_train_state(model)
+    assert isinstance(state, TrainState) and int(state.step) == 0
+    for batch in train_batches(data.x_train, data.y_train, 64, key=getkey()):
+        state, aux = train_step(state, batch, getkey())
+    assert int(state.step) == 22 and bool(jnp.isfinite(aux["loss"]))
+    metrics = eval_step(state.model, (data.x_test[:64], data.y_test[:64]))
+    assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+    assert int(metrics["correct"]) == round(float(metrics["accuracy"]) * 64)
+
+
+def test_dropout_on_in_training_off_in_evaluation(getkey):
+    net = npx.models.SimpleCNN(10, 0, image_shape=SHAPE, dropout=0.5, key=getkey())
+    z, x = jnp.zeros(10), jnp.ones(SHAPE)
+    assert np.allclose(net(z, x), net(z, x))
+    assert not np.allclose(net(z, x, key=getkey()), net(z, x, key=getkey()))
+
+
+def _train(model, data, epochs, key, batch_size=64, lr=1e-3):
+    optimizer = npx.paper_optimizer(model, learning_rate=lr)
+    step = npx.make_step(type(model).loss_fn, optimizer)
+    opt_state = npx.init_optimizer_state(model, optimizer)
+    for epoch in range(epochs):
+        k_epoch = jr.fold_in(key, epoch)
+        for i, batch in enumerate(
+            train_batches(data.x_train, data.y_train, batch_size, key=k_epoch)
+        ):
+            model, opt_state, _ = step(model, opt_state, batch, jr.fold_in(k_epoch, i + 1))
+    return model
+
+
+@pytest.mark.parametrize("cls", [npx.NoPropDT, npx.NoPropCT, npx.NoPropFM])
+def test_each_variant_learns_digits(cls):
+    data = load_digits()
+    model = cls(10, SHAPE, backbone="simple", key=jr.key(0))
+    model = _train(model, data, 25, jr.key(1))
+    accuracy = npx.evaluate_accuracy(model, data.x_test, data.y_test)
+    assert accuracy >= 0.90, f"{cls.__name__}: {accuracy:.3f}"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(), reason="no ../shared/data/mnist here")
+def test_dt_one_epoch_real_mnist():
+    from noprop_eqx.data import load_mnist
+
+    data = load_mnist(SHARED_DATA / "mnist")
+    model = npx.NoPropDT(10, (1, 28, 28), backbone="simple", key=jr.key(0))
+    model = _train(model, data, 1, jr.key(1), batch_size=128)
+    accuracy = npx.evaluate_accuracy(model, data.x_test, data.y_test)
+    assert accuracy >= 0.97, f"NoProp-DT, SimpleCNN, 1 epoch of MNIST: {accuracy:.4f}"
