@@ -4,7 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
 
 from ._checks import check_batch, check_images
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
@@ -83,7 +83,7 @@ class BackpropBaseline(eqx.Module):
         return jax.vmap(self.readout)(z)
 
     def loss_fn(
-        self, batch: tuple[Float[ArrayLike, "batch c h w"], ArrayLike], key: PRNGKeyArray
+        self, batch: tuple[Shaped[ArrayLike, "batch c h w"], ArrayLike], key: PRNGKeyArray
     ) -> tuple[Float[Array, ""], dict[str, Array]]:
         """CE(readout(z_T), y), averaged over the batch, with dropout on."""
         x, y = check_batch(batch, self.image_shape, self.num_classes)
@@ -91,13 +91,13 @@ class BackpropBaseline(eqx.Module):
         return ce, dict(loss=ce, ce=ce)
 
     def logits(
-        self, x: Float[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None
+        self, x: Shaped[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, "batch classes"]:
         """readout(z_T), dropout off (`key` is accepted for a uniform API and ignored)."""
         del key
         return self._forward(check_images(x, self.image_shape), None)
 
     def predict(
-        self, x: Float[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None
+        self, x: Shaped[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None
     ) -> Int[Array, " batch"]:
         return jnp.argmax(self.logits(x, key=key), axis=-1)

@@ -5,7 +5,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
 
 from ._checks import check_batch, check_images, check_time
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
@@ -67,7 +67,7 @@ class NoPropCT(eqx.Module):
         return self.net.image_shape
 
     def loss_fn(
-        self, batch: tuple[Float[ArrayLike, "batch c h w"], ArrayLike], key: PRNGKeyArray
+        self, batch: tuple[Shaped[ArrayLike, "batch c h w"], ArrayLike], key: PRNGKeyArray
     ) -> tuple[Float[Array, ""], dict[str, Array]]:
         """Eq. 9, averaged over the batch; called as `NoPropCT.loss_fn(model, batch, key)`:
 
@@ -102,7 +102,7 @@ class NoPropCT(eqx.Module):
         return loss, dict(loss=loss, ce=ce, kl=kl, denoise=denoise)
 
     def vector_field(
-        self, t: Float[Array, ""], z: Float[Array, "batch dim"], x: Float[Array, "batch c h w"]
+        self, t: Float[ArrayLike, ""], z: Float[Array, "batch dim"], x: Float[Array, "batch c h w"]
     ) -> Float[Array, "batch dim"]:
         """The probability-flow (DDIM-form) ODE of q, with û as the clean-label estimate:
 
@@ -119,7 +119,7 @@ class NoPropCT(eqx.Module):
 
     def solve(
         self,
-        x: Float[ArrayLike, "batch c h w"],
+        x: Shaped[ArrayLike, "batch c h w"],
         *,
         key: PRNGKeyArray | None = None,
         solver: diffrax.AbstractSolver | None = None,
@@ -144,10 +144,10 @@ class NoPropCT(eqx.Module):
         )
 
     def logits(
-        self, x: Float[ArrayLike, "batch c h w"], **solve_kwargs
+        self, x: Shaped[ArrayLike, "batch c h w"], **solve_kwargs
     ) -> Float[Array, "batch classes"]:
         """readout(z_1), with z_1 from `solve(x, **solve_kwargs)`."""
         return jax.vmap(self.readout)(self.solve(x, **solve_kwargs).z1)
 
-    def predict(self, x: Float[ArrayLike, "batch c h w"], **solve_kwargs) -> Int[Array, " batch"]:
+    def predict(self, x: Shaped[ArrayLike, "batch c h w"], **solve_kwargs) -> Int[Array, " batch"]:
         return jnp.argmax(self.logits(x, **solve_kwargs), axis=-1)

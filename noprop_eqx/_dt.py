@@ -1,12 +1,11 @@
 """NoProp-DT: T independently trained denoising blocks (Eq. 3, 6, 8; Algorithm 1)."""
 
-from typing import Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
 
 from ._checks import check_batch, check_images
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
@@ -26,7 +25,6 @@ from .noise_schedules import (
     posterior_coefficients,
 )
 
-Strategy = Literal["loop", "vmap", "scan"]
 STRATEGIES = ("loop", "vmap", "scan")
 
 
@@ -59,7 +57,7 @@ class NoPropDT(eqx.Module):
         embed_dim: int = 20,
         schedule: AbstractNoiseSchedule | None = None,
         eta: float = 0.1,
-        strategy: Strategy = "loop",
+        strategy: str = "loop",
         blocks: AbstractBackbone | None = None,
         key: PRNGKeyArray,
     ):
@@ -139,7 +137,7 @@ class NoPropDT(eqx.Module):
         return jax.lax.scan(body, None, (params, z, keys))[1]
 
     def loss_fn(
-        self, batch: tuple[Float[ArrayLike, "batch c h w"], ArrayLike], key: PRNGKeyArray
+        self, batch: tuple[Shaped[ArrayLike, "batch c h w"], ArrayLike], key: PRNGKeyArray
     ) -> tuple[Float[Array, ""], dict[str, Array]]:
         """Eq. 8, averaged over the batch; called as `NoPropDT.loss_fn(model, batch, key)`:
 
@@ -173,7 +171,7 @@ class NoPropDT(eqx.Module):
         return loss, aux
 
     def logits(
-        self, x: Float[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None
+        self, x: Shaped[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None
     ) -> Float[Array, "batch classes"]:
         """Inference by Eq. 3: z_0 ~ N(0, I); z_t = a_t û_θt(z_{t-1}, x) + b_t z_{t-1} + √c_t ε;
         returns readout(z_T). With `key=None` the chain is deterministic (z_0 = 0, ε = 0);
@@ -195,7 +193,7 @@ class NoPropDT(eqx.Module):
         return jax.vmap(self.readout)(z)
 
     def predict(
-        self, x: Float[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None
+        self, x: Shaped[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None
     ) -> Int[Array, " batch"]:
         """argmax of `logits` (see there for `key`)."""
         return jnp.argmax(self.logits(x, key=key), axis=-1)

@@ -5,7 +5,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
 
 from ._checks import check_batch, check_images, check_time
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
@@ -60,7 +60,7 @@ class NoPropFM(eqx.Module):
         return self.net.image_shape
 
     def loss_fn(
-        self, batch: tuple[Float[ArrayLike, "batch c h w"], ArrayLike], key: PRNGKeyArray
+        self, batch: tuple[Shaped[ArrayLike, "batch c h w"], ArrayLike], key: PRNGKeyArray
     ) -> tuple[Float[Array, ""], dict[str, Array]]:
         """Eq. 11/13, averaged over the batch; called as `NoPropFM.loss_fn(model, batch, key)`:
 
@@ -93,7 +93,7 @@ class NoPropFM(eqx.Module):
         return loss, aux
 
     def vector_field(
-        self, t: Float[Array, ""], z: Float[Array, "batch dim"], x: Float[Array, "batch c h w"]
+        self, t: Float[ArrayLike, ""], z: Float[Array, "batch dim"], x: Float[Array, "batch c h w"]
     ) -> Float[Array, "batch dim"]:
         """dz/dt = v_θ(z, x, t) = logits · W_embed; Diffrax's signature with args = the images."""
         t = check_time(t)
@@ -101,7 +101,7 @@ class NoPropFM(eqx.Module):
 
     def solve(
         self,
-        x: Float[ArrayLike, "batch c h w"],
+        x: Shaped[ArrayLike, "batch c h w"],
         *,
         key: PRNGKeyArray | None = None,
         solver: diffrax.AbstractSolver | None = None,
@@ -126,12 +126,12 @@ class NoPropFM(eqx.Module):
         )
 
     def logits(
-        self, x: Float[ArrayLike, "batch c h w"], **solve_kwargs
+        self, x: Shaped[ArrayLike, "batch c h w"], **solve_kwargs
     ) -> Float[Array, "batch classes"]:
         """-‖z_1 - u_k‖² for each class k: the argmax is the nearest class embedding."""
         z1 = self.solve(x, **solve_kwargs).z1
         w_embed = self.embedding.matrix()
         return -jnp.sum((z1[:, None, :] - w_embed[None]) ** 2, axis=-1)
 
-    def predict(self, x: Float[ArrayLike, "batch c h w"], **solve_kwargs) -> Int[Array, " batch"]:
+    def predict(self, x: Shaped[ArrayLike, "batch c h w"], **solve_kwargs) -> Int[Array, " batch"]:
         return jnp.argmax(self.logits(x, **solve_kwargs), axis=-1)
