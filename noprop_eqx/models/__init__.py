@@ -7,6 +7,7 @@ from ._paper import (
     PaperCTNet as PaperCTNet,
     PaperDTBlock as PaperDTBlock,
 )
+from ._resnet import ResNetWrapper as ResNetWrapper
 from ._simple import SimpleCNN as SimpleCNN
 from ._time_embedding import SinusoidalTimeEmbedding as SinusoidalTimeEmbedding
 
@@ -17,6 +18,7 @@ __all__ = [
     "PaperCTNet",
     "PaperConvStack",
     "PaperDTBlock",
+    "ResNetWrapper",
     "SimpleCNN",
     "SinusoidalTimeEmbedding",
 ]

@@ -1,0 +1,139 @@
+"""A ResNet image branch (He et al. 2016) wrapped as a NoProp backbone."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._base import AbstractBackbone
+from ._paper import _check_image_shape, _dropout
+from ._time_embedding import SinusoidalTimeEmbedding
+
+# depth -> (bottleneck?, blocks per stage)
+_LAYOUTS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True, (3, 4, 6, 3))}
+
+
+def _norm(channels: int) -> eqx.nn.GroupNorm:
+    # GroupNorm: stateless (no running statistics), so losses stay pure functions of one example.
+    return eqx.nn.GroupNorm(min(32, channels), channels)
+
+
+class _Residual(eqx.Module):
+    convs: tuple[eqx.nn.Conv2d, ...]
+    norms: tuple[eqx.nn.GroupNorm, ...]
+    shortcut: eqx.nn.Conv2d | None
+    shortcut_norm: eqx.nn.GroupNorm | None
+
+    def __init__(self, c_in: int, c_mid: int, c_out: int, stride: int, bottleneck: bool, *, key):
+        keys = jr.split(key, 4)
+        if bottleneck:
+            shapes = [(c_in, c_mid, 1, 1, 0), (c_mid, c_mid, 3, stride, 1), (c_mid, c_out, 1, 1, 0)]
+        else:
+            shapes = [(c_in, c_out, 3, stride, 1), (c_out, c_out, 3, 1, 1)]
+        self.convs = tuple(
+            eqx.nn.Conv2d(i, o, k, stride=s, padding=p, use_bias=False, key=kk)
+            for (i, o, k, s, p), kk in zip(shapes, keys, strict=False)
+        )
+        self.norms = tuple(_norm(o) for (_, o, _, _, _) in shapes)
+        if stride != 1 or c_in != c_out:
+            self.shortcut = eqx.nn.Conv2d(
+                c_in, c_out, 1, stride=stride, use_bias=False, key=keys[3]
+            )
+            self.shortcut_norm = _norm(c_out)
+        else:
+            self.shortcut = self.shortcut_norm = None
+
+    def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, "c2 h2 w2"]:
+        out = x
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            out = norm(conv(out))
+            if i < len(self.convs) - 1:
+                out = jax.nn.relu(out)
+        skip = x if self.shortcut is None else self.shortcut_norm(self.shortcut(x))
+        return jax.nn.relu(out + skip)
+
+
+class ResNetWrapper(AbstractBackbone):
+    """A ResNet-18/34/50 image branch (3×3 stem for small images, GroupNorm, global average
+    pooling) feeding the NoProp head: image → FC(256), z → FC(256), optional sinusoidal time →
+    FC(256); sum → ReLU → dropout → FC(256) → ReLU → FC(m) logits. `width` is the first stage's
+    channel count (64 in the standard ResNets). `time_embed_dim=0` gives a DT block f(z, x);
+    `time_embed_dim > 0` a CT/FM network f(z, x, t)."""
+
+    stem: eqx.nn.Conv2d
+    stem_norm: eqx.nn.GroupNorm
+    stages: tuple[_Residual, ...]
+    image_fc: eqx.nn.Linear
+    label_fc: eqx.nn.Linear
+    time_embedding: SinusoidalTimeEmbedding | None
+    time_fc: eqx.nn.Linear | None
+    hidden: eqx.nn.Linear
+    out: eqx.nn.Linear
+    dropout: eqx.nn.Dropout
+    num_classes: int = eqx.field(static=True)
+    embed_dim: int = eqx.field(static=True)
+    image_shape: tuple[int, int, int] = eqx.field(static=True)
+    time_conditioned: bool = eqx.field(static=True)
+
+    def __init__(
+        self,
+        num_classes: int,
+        depth: int = 18,
+        width: int = 64,
+        time_embed_dim: int = 0,
+        *,
+        embed_dim: int | None = None,
+        image_shape: tuple[int, int, int] = (3, 32, 32),
+        dropout: float = 0.2,
+        key: PRNGKeyArray,
+    ):
+        if depth not in _LAYOUTS:
+            raise ValueError(f"expected depth in {sorted(_LAYOUTS)}, got {depth!r}")
+        if not (isinstance(width, int) and width >= 1):
+            raise ValueError(f"expected width to be a positive int, got {width!r}")
+        c, h, w = _check_image_shape(image_shape, 8)
+        embed_dim = num_classes if embed_dim is None else embed_dim
+        bottleneck, counts = _LAYOUTS[depth]
+        expansion = 4 if bottleneck else 1
+        keys = iter(jr.split(key, 8 + sum(counts)))
+        self.stem = eqx.nn.Conv2d(c, width, 3, padding=1, use_bias=False, key=next(keys))
+        self.stem_norm = _norm(width)
+        stages, c_in = [], width
+        for stage, count in enumerate(counts):
+            c_mid = width * 2**stage
+            for i in range(count):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                c_out = c_mid * expansion
+                stages.append(_Residual(c_in, c_mid, c_out, stride, bottleneck, key=next(keys)))
+                c_in = c_out
+        self.stages = tuple(stages)
+        self.image_fc = eqx.nn.Linear(c_in, 256, key=next(keys))
+        self.label_fc = eqx.nn.Linear(embed_dim, 256, key=next(keys))
+        if time_embed_dim:
+            self.time_embedding = SinusoidalTimeEmbedding(time_embed_dim)
+            self.time_fc = eqx.nn.Linear(time_embed_dim, 256, key=next(keys))
+        else:
+            self.time_embedding = self.time_fc = None
+        self.hidden = eqx.nn.Linear(256, 256, key=next(keys))
+        self.out = eqx.nn.Linear(256, num_classes, key=next(keys))
+        self.dropout = eqx.nn.Dropout(dropout)
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.image_shape = (c, h, w)
+        self.time_conditioned = bool(time_embed_dim)
+
+    def __call__(self, z, x, t=None, *, key=None):
+        if self.time_conditioned != (t is not None):
+            raise TypeError(
+                f"this ResNetWrapper has time_conditioned={self.time_conditioned}: call it as "
+                + ("f(z, x, t)" if self.time_conditioned else "f(z, x)")
+            )
+        x = jax.nn.relu(self.stem_norm(self.stem(x)))
+        for block in self.stages:
+            x = block(x)
+        h = self.image_fc(jnp.mean(x, axis=(1, 2))) + self.label_fc(z)
+        if self.time_fc is not None:
+            h = h + self.time_fc(self.time_embedding(jnp.asarray(t)))
+        h = _dropout(self.dropout, jax.nn.relu(h), key)
+        return self.out(jax.nn.relu(self.hidden(h)))

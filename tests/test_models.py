@@ -1,0 +1,56 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import pytest
+
+from noprop_eqx.models import PaperCTNet, PaperDTBlock, ResNetWrapper, SimpleCNN
+
+
+def _count(module) -> int:
+    return sum(a.size for a in jax.tree.leaves(eqx.filter(module, eqx.is_array)))
+
+
+def test_paper_block_matches_the_papers_parameter_count(getkey):
+    # The paper's table: 0.92M per MNIST block, 1.22M per CIFAR-10 block (ours adds only the
+    # LayerNorm scales/offsets, 2 x 1408 parameters).
+    mnist = PaperDTBlock(10, 10, (1, 28, 28), key=getkey())
+    cifar = PaperDTBlock(10, 10, (3, 32, 32), key=getkey())
+    assert _count(mnist) - 2 * 1408 == pytest.approx(0.92e6, rel=0.01)
+    assert _count(cifar) - 2 * 1408 == pytest.approx(1.22e6, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    "net, t",
+    [
+        (lambda k: PaperDTBlock(10, 20, (1, 28, 28), key=k), None),
+        (lambda k: PaperCTNet(10, 20, (1, 28, 28), key=k), 0.5),
+        (lambda k: SimpleCNN(10, 0, embed_dim=20, image_shape=(1, 28, 28), key=k), None),
+        (lambda k: SimpleCNN(10, 32, embed_dim=20, image_shape=(3, 32, 32), key=k), 0.5),
+        (lambda k: ResNetWrapper(10, 18, 8, 16, embed_dim=20, key=k), 0.5),
+    ],
+)
+def test_backbones_give_logits_and_dropout_only_with_a_key(getkey, net, t):
+    net = net(getkey())
+    c, h, w = net.image_shape
+    z, x = jnp.ones(20), jr.normal(getkey(), (c, h, w))
+    args = (z, x) if t is None else (z, x, jnp.asarray(t))
+    out = eqx.filter_jit(lambda n, a: n(*a))(net, args)
+    assert out.shape == (10,) and bool(jnp.all(jnp.isfinite(out)))
+    assert jnp.allclose(out, eqx.filter_jit(lambda n, a: n(*a))(net, args))
+
+
+def test_time_input_must_match_the_backbone(getkey):
+    dt_block = SimpleCNN(10, 0, image_shape=(1, 8, 8), key=getkey())
+    with pytest.raises(TypeError, match="time_conditioned=False: call it as f\\(z, x\\)"):
+        dt_block(jnp.zeros(10), jnp.zeros((1, 8, 8)), jnp.asarray(0.5))
+    with pytest.raises(TypeError, match="call it as net\\(z, x, t\\)"):
+        PaperCTNet(10, 10, key=getkey())(jnp.zeros(10), jnp.zeros((1, 28, 28)))
+
+
+def test_resnet_depths(getkey):
+    with pytest.raises(ValueError, match="expected depth in \\[18, 34, 50\\], got 20"):
+        ResNetWrapper(10, 20, key=getkey())
+    r50 = ResNetWrapper(10, 50, 64, key=getkey())
+    # ResNet-50's convolutions hold ~23.5M parameters; the NoProp head adds ~0.6M.
+    assert 23.5e6 < _count(r50) < 24.5e6
