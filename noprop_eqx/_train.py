@@ -38,10 +38,14 @@ def init_optimizer_state(model: PyTree, optimizer: optax.GradientTransformation)
 
 
 def paper_optimizer(
-    model: eqx.Module, *, learning_rate: float = 1e-3, weight_decay: float = 1e-3
+    model: eqx.Module,
+    *,
+    learning_rate: float | optax.Schedule = 1e-3,
+    weight_decay: float = 1e-3,
 ) -> optax.GradientTransformation:
     """The paper's Table 3 optimiser: AdamW for NoProp-DT and the backprop baseline, Adam for
-    NoProp-CT and NoProp-FM; learning rate 1e-3, weight decay 1e-3."""
+    NoProp-CT and NoProp-FM; learning rate 1e-3 (a number or an optax schedule), weight decay
+    1e-3."""
     from ._backprop import BackpropBaseline
     from ._dt import NoPropDT
 
