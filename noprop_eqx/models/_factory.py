@@ -4,10 +4,11 @@ from jaxtyping import PRNGKeyArray
 
 from ._base import AbstractBackbone
 from ._paper import PaperCTNet, PaperDTBlock
+from ._resnet import ResNetWrapper
 from ._simple import SimpleCNN
 
 BackboneSpec = str | Callable[[PRNGKeyArray], AbstractBackbone]
-BACKBONES = ("paper", "simple")
+BACKBONES = ("paper", "simple", "resnet18", "resnet34", "resnet50")
 
 
 def make_backbone(
@@ -19,7 +20,7 @@ def make_backbone(
     time_conditioned: bool,
     key: PRNGKeyArray,
 ) -> AbstractBackbone:
-    """Builds a backbone from a name ("paper", "simple") or a `key -> AbstractBackbone` factory,
+    """Builds a backbone from a name (see `BACKBONES`) or a `key -> AbstractBackbone` factory,
     and checks that it fits the variant (classes, embedding size, image shape, time input)."""
     if spec == "paper":
         if time_conditioned:
@@ -29,6 +30,16 @@ def make_backbone(
     elif spec == "simple":
         net = SimpleCNN(
             num_classes,
+            64 if time_conditioned else 0,
+            embed_dim=embed_dim,
+            image_shape=image_shape,
+            key=key,
+        )
+    elif isinstance(spec, str) and spec in BACKBONES and spec.startswith("resnet"):
+        net = ResNetWrapper(
+            num_classes,
+            int(spec.removeprefix("resnet")),
+            64,
             64 if time_conditioned else 0,
             embed_dim=embed_dim,
             image_shape=image_shape,
