@@ -2,8 +2,14 @@
 
 from . import data as data, models as models, noise_schedules as noise_schedules, utils as utils
 from ._backprop import BackpropBaseline as BackpropBaseline
+from ._checkpoint import (
+    load_checkpoint as load_checkpoint,
+    load_run as load_run,
+    save_checkpoint as save_checkpoint,
+)
 from ._ct import NoPropCT as NoPropCT
 from ._dt import NoPropDT as NoPropDT
+from ._dt_step import dt_value_and_grad as dt_value_and_grad, make_dt_step as make_dt_step
 from ._embeddings import (
     AbstractClassEmbedding as AbstractClassEmbedding,
     LearnedEmbedding as LearnedEmbedding,
@@ -11,6 +17,12 @@ from ._embeddings import (
     PrototypeEmbedding as PrototypeEmbedding,
 )
 from ._fm import NoPropFM as NoPropFM
+from ._loop import (
+    build_model as build_model,
+    epoch_keys as epoch_keys,
+    stochastic_accuracy as stochastic_accuracy,
+    train_epoch as train_epoch,
+)
 from ._losses import (
     expected_embedding as expected_embedding,
     flow_matching_term as flow_matching_term,
@@ -39,19 +51,28 @@ __all__ = [
     "ODESolution",
     "OneHotEmbedding",
     "PrototypeEmbedding",
+    "build_model",
     "data",
+    "dt_value_and_grad",
+    "epoch_keys",
     "evaluate_accuracy",
     "expected_embedding",
     "flow_matching_term",
     "init_optimizer_state",
     "integrate",
     "kl_to_standard_normal",
+    "load_checkpoint",
+    "load_run",
+    "make_dt_step",
     "make_step",
     "models",
     "noise_schedules",
     "paper_optimizer",
     "readout_cross_entropy",
     "sample_q",
+    "save_checkpoint",
+    "stochastic_accuracy",
+    "train_epoch",
     "utils",
     "weighted_denoising_term",
 ]

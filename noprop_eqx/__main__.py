@@ -37,6 +37,7 @@ from ._loop import (
     stochastic_accuracy,
     train_epoch,
 )
+from ._solve import evaluations_per_step
 from ._train import evaluate_accuracy, init_optimizer_state, make_step, paper_optimizer
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100")
@@ -48,13 +49,13 @@ TRAJECTORY_KEYS = (
     "model",
     "embedding",
     "embed_dim",
+    "num_blocks",
     "batch_size",
     "lr",
     "weight_decay",
     "seed",
     "limit_train",
 )
-DT_INFERENCE_RUNS = 5
 
 
 def _variant(text: str) -> str:
@@ -134,6 +135,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default="paper",
         help="backbone: the paper's networks or a small CNN",
     )
+    p.add_argument(
+        "--num-blocks",
+        type=_positive_int,
+        default=10,
+        help="T, the number of DT/BP blocks (default 10, paper)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
     p.add_argument(
@@ -174,6 +181,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="append one record per variant to this JSON list (e.g. benchmarks/results/mnist.json)",
+    )
+    p.add_argument(
+        "--inference-runs",
+        type=int,
+        default=5,
+        help="stochastic DT inference runs at the end for mean ± s.e. (default 5; 0 skips)",
     )
     p.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
 
@@ -228,6 +241,20 @@ def _format_terms(terms: dict) -> str:
     return " ".join(f"{k} {v:.4f}" for k, v in terms.items() if isinstance(v, float))
 
 
+_STEPS: dict = {}
+
+
+def _optimizer_and_step(model, lr: float, weight_decay: float):
+    """The paper optimiser and its compiled step, made once per (model class, lr, weight decay)
+    in this process, so that repeated runs in one process (tests, resumes) reuse compilations.
+    Both are pure functions of those three values."""
+    cache_key = (type(model), lr, weight_decay)
+    if cache_key not in _STEPS:
+        optimizer = paper_optimizer(model, learning_rate=lr, weight_decay=weight_decay)
+        _STEPS[cache_key] = (optimizer, make_step(type(model).loss_fn, optimizer))
+    return _STEPS[cache_key]
+
+
 def train_variant(
     variant: str, args: argparse.Namespace, ds: data_lib.ImageDataset, command: str
 ) -> dict:
@@ -243,6 +270,7 @@ def train_variant(
         model=args.model,
         embedding=args.embedding,
         embed_dim=embed_dim,
+        num_blocks=args.num_blocks,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -264,11 +292,12 @@ def train_variant(
         backbone=args.model,
         embedding=args.embedding,
         embed_dim=embed_dim,
+        num_blocks=args.num_blocks,
         x_train=ds.x_train,
         y_train=ds.y_train,
         key=k_model,
     )
-    optimizer = paper_optimizer(model, learning_rate=args.lr, weight_decay=args.weight_decay)
+    optimizer, step = _optimizer_and_step(model, args.lr, args.weight_decay)
     config["optimizer"] = "adamw" if variant in ("DT", "BP") else "adam"
     opt_state = init_optimizer_state(model, optimizer)
 
@@ -299,7 +328,6 @@ def train_variant(
     _write_json(run_dir / "config.json", config)
     metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
 
-    step = make_step(type(model).loss_fn, optimizer)
     predict_kwargs = solver_kwargs(variant, args.eval_solver, args.eval_steps)
     train_time = history[-1]["train_time_s"] if history else 0.0
     wall_time = history[-1]["wall_time_s"] if history else 0.0
@@ -329,6 +357,7 @@ def train_variant(
             train_loss=stats["loss_terms"],
             test_accuracy=accuracy,
             epoch_time_s=stats["time"],
+            first_step_s=stats["first_step_time"],
             eval_time_s=eval_time,
             train_time_s=train_time,
             wall_time_s=wall_time,
@@ -351,6 +380,7 @@ def train_variant(
         variant=variant,
         embedding=args.embedding,
         embed_dim=embed_dim,
+        num_blocks=args.num_blocks if variant in ("DT", "BP") else None,
         model=args.model,
         dataset=args.dataset,
         epochs=history[-1]["epoch"],
@@ -375,10 +405,12 @@ def train_variant(
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     if variant == "DT":
+        record["accuracy_deterministic"] = record["final_accuracy"]
+    if variant == "DT" and args.inference_runs > 0:
         tic = time.perf_counter()
         k_infer = jr.fold_in(jr.key(args.seed), 1_000_003)
-        record["accuracy_deterministic"] = record["final_accuracy"]
-        stoch = stochastic_accuracy(model, x_test, y_test, key=k_infer, runs=DT_INFERENCE_RUNS)
+        runs = args.inference_runs
+        stoch = stochastic_accuracy(model, x_test, y_test, key=k_infer, runs=runs)
         record.update(
             accuracy_stochastic_mean=stoch["mean"],
             accuracy_stochastic_se=stoch["se"],
@@ -386,14 +418,17 @@ def train_variant(
         )
         print(
             f"[{variant}] final: deterministic {record['final_accuracy']:.2%}, stochastic "
-            f"{stoch['mean']:.2%} ± {stoch['se']:.2%} (s.e., {DT_INFERENCE_RUNS} runs, "
+            f"{stoch['mean']:.2%} ± {stoch['se']:.2%} (s.e., {runs} runs, "
             f"{time.perf_counter() - tic:.1f}s)",
             file=log,
             flush=True,
         )
     if variant in ("CT", "FM"):
-        probe = x_test[: min(len(x_test), 1000)]
-        nfe = model.solve(probe, **predict_kwargs).nfe
+        if args.eval_solver == "tsit5":  # adaptive: the NFE of a full evaluation batch
+            nfe = model.solve(x_test[: min(len(x_test), 1000)], **predict_kwargs).nfe
+        else:  # fixed step: the same for any batch, no need to solve again
+            per_step, initial = evaluations_per_step(predict_kwargs["solver"])
+            nfe = args.eval_steps * per_step + initial
         record["inference_solver"] = args.eval_solver
         record["eval_steps"] = None if args.eval_solver == "tsit5" else args.eval_steps
         record["nfe"] = int(nfe)
@@ -437,6 +472,11 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, command
         parser.error(str(e))
     if args.limit_train is not None or args.limit_test is not None:
         ds = ds.subset(args.limit_train, args.limit_test)
+    if args.inference_runs == 1 or args.inference_runs < 0:
+        parser.error(
+            f"--inference-runs must be 0 (skip) or >= 2 for a standard error, got "
+            f"{args.inference_runs}"
+        )
     try:  # check option combinations before any training starts
         resolve_embed_dim(args.embedding, args.embed_dim, ds.num_classes, ds.image_shape)
     except ValueError as e:
@@ -453,7 +493,13 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, command
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
-    command = shlex.join(sys.argv if argv is None else ["noprop-eqx", *argv])
+    if argv is None:
+        words = list(sys.argv)
+        if words and words[0].endswith("__main__.py"):
+            words[:1] = ["python", "-m", "noprop_eqx"]
+        command = shlex.join(words)
+    else:
+        command = shlex.join(["noprop-eqx", *argv])
     args = parser.parse_args(argv)
     if args.command == "train":
         return run_train(args, args.subparser, command)

@@ -5,6 +5,7 @@ The file holds the leaves of `{"model", "opt_state", "epoch", "key"}` written by
 model and optimizer state a fresh run would start from) and `load_checkpoint` fills it in.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -65,3 +66,44 @@ def load_checkpoint(
         ) from e
     new_key = jax.random.wrap_key_data(loaded["key"], impl=jax.random.key_impl(key))
     return loaded["model"], loaded["opt_state"], int(loaded["epoch"]), new_key
+
+
+def load_run(
+    run_dir: str | os.PathLike, dataset
+) -> tuple[eqx.Module, PyTree, int, PRNGKeyArray, dict]:
+    """Restores the latest checkpoint of a `noprop-eqx train` run folder (`run_dir` holds
+    `config.json` and `checkpoint.eqx`).
+
+    **Arguments:** `dataset` is the `ImageDataset` the run was trained on (after any
+    `limit_train`); a prototype embedding's skeleton is built from its training images.
+
+    **Returns:** `(model, opt_state, epoch, key, config)`.
+    """
+    from ._loop import build_model
+    from ._train import init_optimizer_state, paper_optimizer
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no config.json in {run_dir}: not a noprop-eqx run folder")
+    config = json.loads(config_path.read_text())
+    model = build_model(
+        config["variant"],
+        num_classes=config["num_classes"],
+        image_shape=tuple(config["image_shape"]),
+        backbone=config["model"],
+        embedding=config["embedding"],
+        embed_dim=config["embed_dim"],
+        num_blocks=config.get("num_blocks", 10),
+        x_train=dataset.x_train,
+        y_train=dataset.y_train,
+        key=jr.key(0),
+    )
+    optimizer = paper_optimizer(
+        model, learning_rate=config["lr"], weight_decay=config["weight_decay"]
+    )
+    opt_state = init_optimizer_state(model, optimizer)
+    model, opt_state, epoch, key = load_checkpoint(
+        run_dir / "checkpoint.eqx", model, opt_state, key=jr.key(0)
+    )
+    return model, opt_state, epoch, key, config

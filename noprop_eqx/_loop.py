@@ -86,13 +86,16 @@ def build_model(
     backbone: str = "paper",
     embedding: str = "one-hot",
     embed_dim: int | None = None,
+    num_blocks: int = 10,
     x_train: np.ndarray | None = None,
     y_train: np.ndarray | None = None,
     key: PRNGKeyArray,
 ) -> eqx.Module:
     """One of `VARIANTS` with the given backbone ("paper" or "simple") and embedding.
-    "prototype" needs the training images and labels (`x_train`, `y_train`)."""
+    "prototype" needs the training images and labels (`x_train`, `y_train`); `num_blocks`
+    (T, paper: 10) applies to DT and BP."""
     cls = VARIANTS[check_variant(variant)]
+    extra = dict(num_blocks=num_blocks) if variant in ("DT", "BP") else {}
     dim = resolve_embed_dim(embedding, embed_dim, num_classes, image_shape)
     spec: Any = embedding
     if embedding == "prototype":
@@ -100,7 +103,13 @@ def build_model(
             raise ValueError("the prototype embedding needs the training images and labels")
         spec = PrototypeEmbedding(x_train, y_train, num_classes)
     return cls(
-        num_classes, tuple(image_shape), backbone=backbone, embedding=spec, embed_dim=dim, key=key
+        num_classes,
+        tuple(image_shape),
+        backbone=backbone,
+        embedding=spec,
+        embed_dim=dim,
+        key=key,
+        **extra,
     )
 
 
@@ -176,6 +185,13 @@ def _scalar_means(totals: dict, count: int) -> dict[str, float | list[float]]:
     return out
 
 
+def _rate(i: int, batch_size: int, elapsed: float, first_step: float) -> float:
+    """Images per second after the first step (which may include compilation)."""
+    if i == 0:
+        return batch_size / max(elapsed, 1e-9)
+    return i * batch_size / max(elapsed - first_step, 1e-9)
+
+
 def train_epoch(
     step: Callable,
     model: PyTree,
@@ -196,23 +212,29 @@ def train_epoch(
 
     **Returns:** `(model, opt_state, stats)` with `stats["loss_terms"]` the epoch means of every
     entry of the step's `aux` (vectors, such as DT's per-block loss, stay vectors),
-    `stats["time"]` the wall time of the epoch and `stats["images_per_s"]`.
+    `stats["time"]` the wall time of the epoch, `stats["first_step_time"]` that of its first
+    step (which includes compilation in a fresh process) and `stats["images_per_s"]`, the
+    throughput of the other steps (of all steps when there is only one).
     """
     k_shuffle, k_steps = epoch_keys(key, epoch)
     total = num_train_batches(len(x), batch_size)
     bar = ProgressBar(total, desc=desc, stream=stream) if progress else None
     totals: dict | None = None
     start = time.perf_counter()
+    first_step = 0.0
     for i, batch in enumerate(train_batches(x, y, batch_size, key=k_shuffle)):
         model, opt_state, aux = step(model, opt_state, batch, jr.fold_in(k_steps, i))
         totals = aux if totals is None else jax.tree.map(jnp.add, totals, aux)
+        if i == 0:  # includes compilation in a fresh process: timed apart
+            jax.block_until_ready(totals)
+            first_step = time.perf_counter() - start
         if bar is not None and bar.due(i + 1):  # only then wait for the device
             elapsed = time.perf_counter() - start
             running = float(totals["loss"]) / (i + 1)
             bar.update(
                 i + 1,
                 loss=f"{running:.4f}",
-                **{"img/s": f"{(i + 1) * batch_size / max(elapsed, 1e-9):.0f}"},
+                **{"img/s": f"{_rate(i, batch_size, elapsed, first_step):.0f}"},
             )
     if totals is None:
         raise ValueError("expected at least one training example, got none")
@@ -220,10 +242,12 @@ def train_epoch(
     elapsed = time.perf_counter() - start
     if bar is not None:
         bar.close()
+    steady = (total - 1, elapsed - first_step) if total > 1 else (1, elapsed)
     stats = dict(
         loss_terms=_scalar_means(totals, total),
         time=elapsed,
-        images_per_s=total * batch_size / elapsed,
+        first_step_time=first_step,
+        images_per_s=steady[0] * batch_size / max(steady[1], 1e-9),
         num_batches=total,
     )
     return model, opt_state, stats

@@ -1,0 +1,108 @@
+"""A markdown table of the runs recorded in benchmarks/results/mnist.json.
+
+`noprop-eqx train ... --results benchmarks/results/mnist.json` appends one record per trained
+variant; this script turns the records into the results table (printed; `--write FILE` also
+writes it). NoProp-DT inference is stochastic, so its accuracy is the mean ± standard error over
+the recorded inference runs, with the deterministic (ε = 0, z_0 = 0) accuracy beside it.
+
+    python benchmarks/mnist_results.py
+    python benchmarks/mnist_results.py --write benchmarks/results/mnist.md
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "mnist.json"
+NAMES = {"DT": "NoProp-DT", "CT": "NoProp-CT", "FM": "NoProp-FM", "BP": "Backprop"}
+# The paper's Table 1 (MNIST, test accuracy %), for comparison.
+PAPER = {
+    ("BP", "one-hot"): 99.46,
+    ("BP", "prototype"): 99.44,
+    ("DT", "one-hot"): 99.47,
+    ("DT", "learned"): 99.49,
+    ("DT", "prototype"): 99.54,
+    ("CT", "one-hot"): 97.84,
+    ("CT", "learned"): 97.7,
+    ("CT", "prototype"): 97.17,
+    ("FM", "one-hot"): 99.21,
+    ("FM", "learned"): 99.29,
+    ("FM", "prototype"): 98.52,
+}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def accuracy_cell(r: dict) -> str:
+    if r.get("accuracy_stochastic_mean") is not None:
+        n = len(r.get("accuracy_stochastic_runs", []))
+        return (
+            f"{100 * r['accuracy_stochastic_mean']:.2f} ± {100 * r['accuracy_stochastic_se']:.2f}"
+            f" (n={n})"
+        )
+    return _pct(r["final_accuracy"])
+
+
+def table(records: list[dict]) -> str:
+    head = (
+        "| variant | embedding | model | train / test images | epochs | test acc. % "
+        "| deterministic % | best % (epoch) | inference (NFE) | train time | wall time "
+        "| paper % | device | commit |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in records:
+        train = "60000" if r.get("limit_train") is None else str(r["limit_train"])
+        if r["dataset"] != "mnist":
+            train = f"{r['dataset']} {train}"
+        test = str(r.get("test_size", "?"))
+        infer = "–"
+        if r.get("inference_solver"):
+            steps = r.get("eval_steps")
+            infer = f"{r['inference_solver']}{'' if steps is None else f' {steps}'} ({r['nfe']})"
+        paper = PAPER.get((r["variant"], r["embedding"])) if r["dataset"] == "mnist" else None
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    NAMES.get(r["variant"], r["variant"]),
+                    r["embedding"],
+                    r["model"],
+                    f"{train} / {test}",
+                    str(r["epochs"]),
+                    accuracy_cell(r),
+                    _pct(r.get("accuracy_deterministic")),
+                    f"{_pct(r['best_accuracy'])} ({r.get('best_epoch', '?')})",
+                    infer,
+                    f"{r['train_time_s'] / 60:.1f} min",
+                    f"{r['wall_time_s'] / 60:.1f} min",
+                    "–" if paper is None else f"{paper:.2f}",
+                    r["device"],
+                    str(r.get("commit")),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=RESULTS, help=f"default {RESULTS}")
+    p.add_argument("--write", type=Path, default=None, help="also write the table here")
+    args = p.parse_args(argv)
+    if not args.results.is_file():
+        raise SystemExit(f"no results file at {args.results}; run noprop-eqx train --results ...")
+    records = json.loads(args.results.read_text())
+    if not isinstance(records, list):
+        raise SystemExit(f"expected {args.results} to hold a JSON list of run records")
+    text = table(records)
+    print(text, end="")
+    if args.write is not None:
+        args.write.write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

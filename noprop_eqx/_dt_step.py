@@ -1,0 +1,143 @@
+"""A NoProp-DT training step that differentiates one block at a time (low memory).
+
+The T block terms of Eq. 8 are independent: block t sees only its own sample
+z_{t-1} ~ q(z_{t-1} | y), so its gradient needs only its own activations. `dt_value_and_grad`
+therefore runs a `lax.scan` over the stacked blocks whose body takes the value and gradient of
+ONE block term; the residuals of a single block are alive at any time, and the gradients of the
+shared parameters (W_embed, the readout, a trainable schedule) are summed in the scan carry.
+The result equals `eqx.filter_value_and_grad(NoPropDT.loss_fn, has_aux=True)` up to float
+rounding, with the same random draws for the same key.
+"""
+
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+
+from ._checks import check_batch
+from ._dt import NoPropDT, _sample_q_batch
+from ._losses import (
+    expected_embedding,
+    kl_to_standard_normal,
+    readout_cross_entropy,
+    weighted_denoising_term,
+)
+from ._train import make_step
+from .noise_schedules import alpha_bar_grid
+
+Memory = Literal["low", "default"]
+MEMORY_MODES = ("low", "default")
+
+
+def dt_value_and_grad(
+    model: NoPropDT,
+    batch: tuple[Float[Array, "batch c h w"], Int[Array, " batch"]],
+    key: PRNGKeyArray,
+) -> tuple[tuple[Float[Array, ""], dict[str, Array]], PyTree]:
+    """`((loss, aux), grads)` of `NoPropDT.loss_fn(model, batch, key)` (Eq. 8), computed block by
+    block:
+
+        loss = [CE(readout(z_T), y) + KL(q(z_0|y) ‖ N(0, I))]
+               + Σ_t (η/2) mean_batch[(SNR(t) - SNR(t-1)) ‖û_θt(z_{t-1}, x) - u_y‖²],
+
+    which is Eq. 8's (T/2) η mean_t[...] written as a sum. The first bracket (the "head") is
+    differentiated once; each summand is differentiated inside a `lax.scan` over the blocks, so
+    the peak memory holds the residuals of one block instead of T. `grads` has the structure of
+    `eqx.filter(model, eqx.is_inexact_array)`; `aux` has the keys of `NoPropDT.loss_fn`'s.
+
+    Keys are used exactly as `NoPropDT.loss_fn` uses them: k_z, k_drop = split(key); block t's
+    input is drawn with split(k_z, T + 1)[t] and the readout's with [T]; block t's dropout keys
+    are split(k_drop, (T, batch))[t].
+
+    Speed: on XLA:CPU (jax 0.10) a convolution inside a while loop (this scan's body) is not
+    rewritten to the fast NHWC kernels used outside loops, so on CPU this is several times slower
+    than `make_step` with the unrolled "loop" strategy (benchmarks/README.md): use it when memory,
+    not time, is the constraint.
+    """
+    if not isinstance(model, NoPropDT):
+        raise TypeError(f"expected a NoPropDT model, got {type(model).__name__}")
+    x, y = check_batch(batch, model.image_shape, model.num_classes)
+    num_blocks, eta = model.num_blocks, model.eta
+    k_z, k_drop = jr.split(key)
+    keys_z = jr.split(k_z, num_blocks + 1)
+    keys_drop = jr.split(k_drop, (num_blocks, x.shape[0]))
+
+    block_arrays, block_static = eqx.partition(model.blocks, eqx.is_array)
+    shared = eqx.tree_at(lambda m: m.blocks, model, None)
+    shared_diff, shared_static = eqx.partition(shared, eqx.is_inexact_array)
+
+    def head_term(diff):
+        """CE(readout(z_T), y) + KL(q(z_0|y) ‖ N(0, I)), batch means."""
+        m = eqx.combine(diff, shared_static)
+        w_embed = m.embedding.matrix()
+        u_y = w_embed[y]
+        alpha_bar = alpha_bar_grid(m.schedule, num_blocks)
+        z_last = _sample_q_batch(u_y, alpha_bar[num_blocks], keys_z[num_blocks])
+        ce = jnp.mean(jax.vmap(readout_cross_entropy)(jax.vmap(m.readout)(z_last), y))
+        kl = jnp.mean(jax.vmap(kl_to_standard_normal, (0, None))(u_y, alpha_bar[0]))
+        return ce + kl, (ce, kl)
+
+    def block_term(diff, t, key_z, keys_drop_t):
+        """(η/2) mean_batch[(SNR(t) - SNR(t-1)) ‖û_θt(z_{t-1}, x) - u_y‖²] for one block."""
+        arrays_t, shared_diff_t = diff
+        m = eqx.combine(shared_diff_t, shared_static)
+        block = eqx.combine(arrays_t, block_static)
+        w_embed = m.embedding.matrix()
+        u_y = w_embed[y]
+        alpha_bar = alpha_bar_grid(m.schedule, num_blocks)
+        snr = alpha_bar / (1.0 - alpha_bar)
+        z = _sample_q_batch(u_y, alpha_bar[t], key_z)
+        logits = jax.vmap(lambda zi, xi, ki: block(zi, xi, key=ki))(z, x, keys_drop_t)
+        u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
+        weight = snr[t + 1] - snr[t]
+        per_block = jnp.mean(jax.vmap(weighted_denoising_term, (0, 0, None))(u_hat, u_y, weight))
+        return 0.5 * eta * per_block, per_block
+
+    (head, (ce, kl)), shared_grads = eqx.filter_value_and_grad(head_term, has_aux=True)(shared_diff)
+    block_grad_fn = eqx.filter_value_and_grad(block_term, has_aux=True)
+
+    def body(shared_grads, inputs):
+        arrays_t, t, key_z, keys_drop_t = inputs
+        (_, per_block), (grads_t, shared_grads_t) = block_grad_fn(
+            (arrays_t, shared_diff), t, key_z, keys_drop_t
+        )
+        shared_grads = jax.tree.map(jnp.add, shared_grads, shared_grads_t)
+        return shared_grads, (grads_t, per_block)
+
+    xs = (block_arrays, jnp.arange(num_blocks), keys_z[:num_blocks], keys_drop)
+    shared_grads, (block_grads, per_block) = jax.lax.scan(body, shared_grads, xs)
+
+    denoise = 0.5 * num_blocks * eta * jnp.mean(per_block)
+    loss = head + denoise
+    aux = dict(loss=loss, ce=ce, kl=kl, denoise=denoise, denoise_per_block=per_block)
+    grads = eqx.tree_at(lambda m: m.blocks, shared_grads, block_grads, is_leaf=lambda n: n is None)
+    return (loss, aux), grads
+
+
+def make_dt_step(optimizer: optax.GradientTransformation, *, memory: Memory = "low"):
+    """`step(model, opt_state, batch, key) -> (model, opt_state, aux)` for NoProp-DT, with the
+    signature and semantics of `make_step(NoPropDT.loss_fn, optimizer)`: the same loss, the same
+    gradients (up to float rounding) for the same key, one `eqx.filter_jit` region.
+
+    `memory="low"` takes the gradients block by block (`dt_value_and_grad`), so the compiled
+    step's temporary memory holds one block's activations rather than T's; `memory="default"`
+    returns `make_step(NoPropDT.loss_fn, optimizer)`, which runs the blocks as the model's
+    `strategy` says.
+    """
+    if memory not in MEMORY_MODES:
+        raise ValueError(f"expected memory to be one of {MEMORY_MODES}, got {memory!r}")
+    if memory == "default":
+        return make_step(NoPropDT.loss_fn, optimizer)
+
+    @eqx.filter_jit(donate="all-except-first")
+    def step(model, opt_state, batch, key):
+        (_, aux), grads = dt_value_and_grad(model, batch, key)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return eqx.apply_updates(model, updates), opt_state, aux
+
+    return step

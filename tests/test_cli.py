@@ -1,0 +1,212 @@
+"""The `noprop-eqx train` command line: smoke runs, output schemas and clear errors."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from noprop_eqx.__main__ import main
+
+MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+REPO = Path(__file__).resolve().parents[1]
+# Small and quick: 2 blocks for DT/BP keep compilation short on a CPU.
+QUICK = ["--model", "simple", "--epochs", "1", "--batch-size", "64", "--num-blocks", "2"]
+LOSS_TERMS = {
+    "DT": {"loss", "ce", "kl", "denoise", "denoise_per_block"},
+    "CT": {"loss", "ce", "kl", "denoise"},
+    "FM": {"loss", "flow"},
+    "BP": {"loss", "ce"},
+}
+METRIC_KEYS = {
+    "epoch",
+    "train_loss",
+    "test_accuracy",
+    "epoch_time_s",
+    "first_step_s",
+    "eval_time_s",
+    "train_time_s",
+    "wall_time_s",
+    "images_per_s",
+}
+RECORD_KEYS = {
+    "variant",
+    "embedding",
+    "model",
+    "dataset",
+    "epochs",
+    "seed",
+    "device",
+    "train_time_s",
+    "wall_time_s",
+    "final_accuracy",
+    "best_accuracy",
+    "inference_solver",
+    "nfe",
+    "command",
+    "commit",
+}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """All four variants, one epoch each, on a slice of scikit-learn's digits."""
+    out = tmp_path_factory.mktemp("digits")
+    results = out / "results.json"
+    argv = ["train", "--dataset", "digits", "--variants", "DT", "CT", "FM", "BP", *QUICK]
+    argv += ["--limit-train", "256", "--limit-test", "100", "--eval-steps", "4"]
+    argv += ["--out", str(out / "runs"), "--results", str(results)]
+    assert main(argv) == 0
+    return out / "runs", results
+
+
+def test_smoke_digits_all_variants(digits_run):
+    runs, _ = digits_run
+    for variant in ("DT", "CT", "FM", "BP"):
+        for name in ("config.json", "metrics.jsonl", "checkpoint.eqx", "summary.json"):
+            assert (runs / variant / name).is_file(), f"{variant}/{name} missing"
+    assert (runs / "curves.png").stat().st_size > 1000
+
+
+def test_metrics_schema(digits_run):
+    runs, _ = digits_run
+    for variant, terms in LOSS_TERMS.items():
+        lines = (runs / variant / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == 1
+        row = json.loads(lines[0])
+        assert set(row) == METRIC_KEYS
+        assert row["epoch"] == 1
+        assert set(row["train_loss"]) == terms
+        assert 0.0 <= row["test_accuracy"] <= 1.0
+        assert row["train_time_s"] == pytest.approx(row["epoch_time_s"])
+        assert row["images_per_s"] > 0
+    per_block = json.loads((runs / "DT" / "metrics.jsonl").read_text())["train_loss"]
+    assert len(per_block["denoise_per_block"]) == 2
+
+
+def test_results_schema(digits_run):
+    runs, results = digits_run
+    records = json.loads(results.read_text())
+    assert [r["variant"] for r in records] == ["DT", "CT", "FM", "BP"]
+    for r in records:
+        assert RECORD_KEYS <= set(r)
+        assert r["dataset"] == "digits" and r["model"] == "simple" and r["epochs"] == 1
+        assert r["best_accuracy"] >= r["final_accuracy"]
+        assert r["command"].startswith("noprop-eqx train")
+        assert r["device"]
+    by_variant = {r["variant"]: r for r in records}
+    dt = by_variant["DT"]
+    assert len(dt["accuracy_stochastic_runs"]) == 5
+    assert dt["accuracy_stochastic_se"] >= 0
+    assert dt["accuracy_deterministic"] == dt["final_accuracy"]
+    for v in ("CT", "FM"):  # Heun, 4 steps, 2 evaluations each
+        assert by_variant[v]["inference_solver"] == "heun"
+        assert by_variant[v]["nfe"] == 8
+    assert by_variant["BP"]["nfe"] is None
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_results_table(digits_run, tmp_path):
+    _, results = digits_run
+    out = tmp_path / "table.md"
+    text = _load_script("mnist_results").main(["--results", str(results), "--write", str(out)])
+    assert out.read_text() == text
+    lines = text.strip().splitlines()
+    assert len(lines) == 2 + 4 and lines[0].startswith("| variant")
+    dt = json.loads(results.read_text())[0]
+    mean, se = 100 * dt["accuracy_stochastic_mean"], 100 * dt["accuracy_stochastic_se"]
+    assert f"{mean:.2f} ± {se:.2f} (n=5)" in lines[2]
+
+
+def test_solver_study_quick(digits_run, tmp_path):
+    runs, _ = digits_run
+    out = tmp_path / "solvers.json"
+    argv = ["--run-dir", str(runs), "--variants", "FM", "--quick", "--out", str(out)]
+    results = _load_script("solver_study").main(argv)
+    assert json.loads(out.read_text())["models"].keys() == {"FM"}
+    assert (tmp_path / "solvers.png").stat().st_size > 1000
+    rows = {r["label"]: r for r in results["models"]["FM"]["rows"]}
+    assert rows["euler 8"]["nfe"] == 8 and rows["heun 2"]["nfe"] == 4
+    assert rows["euler 8"]["agreement"] == 1.0  # the reference agrees with itself
+    assert results["models"]["FM"]["summary"]["reference"] == "euler 8"
+    assert all(0 <= r["accuracy"] <= 1 for r in rows.values())
+
+
+def test_existing_run_needs_resume(digits_run, capsys):
+    runs, _ = digits_run
+    argv = ["train", "--dataset", "digits", "--variants", "FM", *QUICK, "--limit-train", "256"]
+    with pytest.raises(SystemExit, match="pass --resume"):
+        main([*argv, "--out", str(runs)])
+
+
+def test_resume_with_other_settings_is_an_error(digits_run):
+    runs, _ = digits_run
+    argv = ["train", "--dataset", "digits", "--variants", "FM", *QUICK, "--limit-train", "128"]
+    with pytest.raises(SystemExit, match="limit_train 256 vs 128"):
+        main([*argv, "--out", str(runs), "--resume"])
+
+
+def test_unknown_variant_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--dataset", "digits", "--variants", "DT", "XX", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown variant 'XX'" in err and "DT CT FM BP" in err
+
+
+def test_prototype_with_wrong_embed_dim_is_a_clear_error(tmp_path, capsys):
+    argv = ["train", "--dataset", "digits", "--embedding", "prototype", "--embed-dim", "20"]
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--embed-dim 20" in err and "1*8*8 = 64" in err
+    assert not list(tmp_path.iterdir()), "nothing should be trained or written"
+
+
+@pytest.mark.slow
+def test_prototype_embedding_runs(tmp_path):
+    argv = ["train", "--dataset", "digits", "--variants", "FM", *QUICK, "--embedding", "prototype"]
+    argv += ["--embed-dim", "64", "--limit-train", "128", "--limit-test", "50", "--eval-steps", "2"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    config = json.loads((tmp_path / "FM-prototype" / "config.json").read_text())
+    assert config["embed_dim"] == 64 and config["embedding"] == "prototype"
+
+
+@pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"real MNIST not found at {MNIST_DIR}")
+def test_smoke_mnist_subset(tmp_path):
+    argv = ["train", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--variants", "FM"]
+    argv += [*QUICK, "--limit-train", "1000", "--limit-test", "500", "--eval-steps", "4"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "FM" / "metrics.jsonl").read_text())
+    assert row["epoch"] == 1 and 0.0 <= row["test_accuracy"] <= 1.0
+    summary = json.loads((tmp_path / "FM" / "summary.json").read_text())
+    assert summary["dataset"] == "mnist" and summary["test_size"] == 500
+
+
+def test_example_and_module_entry_points_show_help():
+    for cmd in (
+        [sys.executable, "-m", "noprop_eqx", "train", "--help"],
+        [sys.executable, str(REPO / "examples" / "train_mnist.py"), "--help"],
+    ):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "--variants" in out.stdout and "--resume" in out.stdout
+
+
+@pytest.mark.slow
+def test_smoke_digits_paper_settings_all_variants(tmp_path):
+    """The four variants with the default T = 10 blocks (slow: compiling 10 blocks)."""
+    argv = ["train", "--dataset", "digits", "--variants", "DT", "CT", "FM", "BP"]
+    argv += ["--model", "simple", "--epochs", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    for variant in ("DT", "CT", "FM", "BP"):
+        assert (tmp_path / variant / "summary.json").is_file()
