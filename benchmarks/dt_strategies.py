@@ -136,10 +136,10 @@ def main(argv=None) -> dict:
                 entry["naive"] = "DT-vmap / default"
                 entry["naive_ms_per_step"] = naive["ms_per_step"]
                 entry["speedup_best_over_naive"] = naive["ms_per_step"] / best["ms_per_step"]
-            fastest_default = min(
-                (r for r in dt_rows if r["flags"] == "default"), key=lambda r: r["ms_per_step"]
-            )
-            entry["fastest_strategy_default_flags"] = fastest_default["variant"]
+            default_rows = [r for r in dt_rows if r["flags"] == "default"]
+            if default_rows:
+                fastest = min(default_rows, key=lambda r: r["ms_per_step"])
+                entry["fastest_strategy_default_flags"] = fastest["variant"]
             summary.append(entry)
             print(entry)
     _common.write_results(

@@ -39,6 +39,7 @@ from ._loop import (
 )
 from ._solve import evaluations_per_step
 from ._train import evaluate_accuracy, init_optimizer_state, make_step, paper_optimizer
+from .models._factory import BACKBONES
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100")
 CHECKPOINT = "checkpoint.eqx"
@@ -131,9 +132,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--model",
-        choices=("paper", "simple"),
+        choices=BACKBONES,
         default="paper",
-        help="backbone: the paper's networks or a small CNN",
+        help="backbone: the paper's networks, a small CNN, or a ResNet (GroupNorm)",
     )
     p.add_argument(
         "--num-blocks",

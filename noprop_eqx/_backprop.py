@@ -53,7 +53,7 @@ class BackpropBaseline(eqx.Module):
             )
         )(jr.split(k_blocks, num_blocks))
         self.readout = nearest_embedding_readout(self.embedding)
-        self.mixing = jnp.full((num_blocks,), 0.5)
+        self.mixing = jnp.full((num_blocks,), 0.5, dtype=jnp.float32)
         self.num_blocks = num_blocks
 
     @property

@@ -35,7 +35,10 @@ class NoPropDT(eqx.Module):
     `blocks` is ONE backbone whose array leaves carry a leading axis of size T (block t is
     `block(t)`). `strategy` picks how the T independent blocks run in a training step:
     "loop" (an unrolled Python loop), "vmap" (`filter_vmap` over the stacked parameters) or
-    "scan" (`lax.scan`, compiled once, small live memory). All give the same loss and gradients.
+    "scan" (`lax.scan`, compiled once). All give the same loss and gradients. On CPU "loop" is
+    the fastest by far (measured in `benchmarks/dt_strategies.py`: vmap lowers to a grouped
+    convolution and scan keeps its convolutions in a slow layout, 7-18x slower); for a small
+    training-step memory use `make_dt_step(optimizer, memory="low")` instead.
     """
 
     blocks: AbstractBackbone

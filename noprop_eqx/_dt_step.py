@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import optax
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from ._checks import check_batch
 from ._dt import NoPropDT, _sample_q_batch
@@ -35,7 +35,7 @@ MEMORY_MODES = ("low", "default")
 
 def dt_value_and_grad(
     model: NoPropDT,
-    batch: tuple[Float[Array, "batch c h w"], Int[Array, " batch"]],
+    batch: tuple[Float[ArrayLike, "batch c h w"], ArrayLike],
     key: PRNGKeyArray,
 ) -> tuple[tuple[Float[Array, ""], dict[str, Array]], PyTree]:
     """`((loss, aux), grads)` of `NoPropDT.loss_fn(model, batch, key)` (Eq. 8), computed block by

@@ -1,7 +1,8 @@
 """Every benchmark script runs end to end with --quick and writes JSON of the documented schema.
 
 Each script runs in its own process (as a user runs it; XLA flags are per process), writing to
-a temporary folder. No timing is asserted: --quick uses tiny shapes on a shared CPU.
+a temporary folder; the four run concurrently. No timing is asserted: --quick uses tiny shapes
+on a shared CPU.
 """
 
 import importlib.util
@@ -15,13 +16,44 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def run_script(name: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(BENCHMARKS / name), "--quick", "--out-dir", str(tmp_path)]
-    result = subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=600, cwd=BENCHMARKS.parent
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+SCRIPTS = {
+    "train_throughput.py": ["--variants", "DT", "DT-low", "backprop"],
+    # One child process (the non-default flags) keeps the test short.
+    "dt_strategies.py": ["--variants", "DT-loop", "--flag-sets", "ynn-off"],
+    "inference.py": ["--variants", "DT", "FM"],
+    "torch_reference.py": [],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Starts every script at once (each mostly compiles, single-threaded, so on 2 cores the
+    four processes finish in about half the time they take one after the other)."""
+    processes = {}
+    for name, args in SCRIPTS.items():
+        out_dir = tmp_path_factory.mktemp(name.removesuffix(".py"))
+        command = [sys.executable, str(BENCHMARKS / name), "--quick", "--out-dir", str(out_dir)]
+        process = subprocess.Popen(
+            [*command, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=BENCHMARKS.parent,
+        )
+        processes[name] = (process, out_dir)
+    yield processes
+    for process, _ in processes.values():
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def finish(runs, name: str) -> tuple[str, Path]:
+    """Waits for a script; returns its stdout and output folder; fails on a non-zero exit."""
+    process, out_dir = runs[name]
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    return stdout, out_dir
 
 
 def load(tmp_path: Path, stem: str) -> dict:
@@ -42,8 +74,8 @@ def check_timing(stats: dict) -> None:
     assert stats["repeats"] >= 1
 
 
-def test_train_throughput(tmp_path):
-    run_script("train_throughput.py", tmp_path, "--variants", "DT", "DT-low", "backprop")
+def test_train_throughput(runs):
+    _, tmp_path = finish(runs, "train_throughput.py")
     payload = load(tmp_path, "train_throughput")
     rows = {row["variant"]: row for row in payload["rows"]}
     assert set(rows) == {"DT", "DT-low", "backprop"}
@@ -61,9 +93,8 @@ def test_train_throughput(tmp_path):
     assert ratio["DT_time_over_backprop"] > 0 and ratio["DT-low_temp_over_backprop"] > 0
 
 
-def test_dt_strategies(tmp_path):
-    # One child process (the non-default flags) keeps the test short.
-    run_script("dt_strategies.py", tmp_path, "--variants", "DT-loop", "--flag-sets", "ynn-off")
+def test_dt_strategies(runs):
+    _, tmp_path = finish(runs, "dt_strategies.py")
     payload = load(tmp_path, "dt_strategies")
     assert {row["flags"] for row in payload["rows"]} == {"ynn-off"}
     assert set(payload["children"]) == {"ynn-off"}
@@ -72,8 +103,8 @@ def test_dt_strategies(tmp_path):
     assert summary["best"].startswith("DT-loop")
 
 
-def test_inference(tmp_path):
-    run_script("inference.py", tmp_path, "--variants", "DT", "FM")
+def test_inference(runs):
+    _, tmp_path = finish(runs, "inference.py")
     payload = load(tmp_path, "inference")
     rows = payload["rows"]
     assert {row["variant"] for row in rows} == {"DT", "FM"}
@@ -86,12 +117,11 @@ def test_inference(tmp_path):
     assert euler and all(row["nfe"] == int(row["sampler"].split()[1]) for row in euler)
 
 
-def test_torch_reference(tmp_path):
+def test_torch_reference(runs):
+    stdout, tmp_path = finish(runs, "torch_reference.py")
     if importlib.util.find_spec("torch") is None:
-        result = run_script("torch_reference.py", tmp_path)
-        assert "not installed" in result.stdout
+        assert "not installed" in stdout
         pytest.skip("torch is not installed (optional extra)")
-    run_script("torch_reference.py", tmp_path)
     payload = load(tmp_path, "torch_reference")
     frameworks = {row["framework"].split()[0] for row in payload["rows"]}
     assert frameworks == {"PyTorch", "JAX"}
