@@ -10,7 +10,7 @@ from ._checks import check_batch, check_images
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
 from ._losses import expected_embedding, readout_cross_entropy
 from .models import AbstractBackbone, apply_batched
-from .models._factory import BackboneSpec, make_backbone
+from .models._factory import BackboneSpec, index_stacked, make_stacked_backbones
 
 
 class BackpropBaseline(eqx.Module):
@@ -38,20 +38,16 @@ class BackpropBaseline(eqx.Module):
         embed_dim: int = 20,
         key: PRNGKeyArray,
     ):
-        if not (isinstance(num_blocks, int) and num_blocks >= 1):
-            raise ValueError(f"expected num_blocks to be a positive int, got {num_blocks!r}")
         k_embed, k_blocks = jr.split(key)
         self.embedding = make_embedding(embedding, num_classes, embed_dim, key=k_embed)
-        self.blocks = eqx.filter_vmap(
-            lambda k: make_backbone(
-                backbone,
-                num_classes=num_classes,
-                embed_dim=self.embedding.dim,
-                image_shape=image_shape,
-                time_conditioned=False,
-                key=k,
-            )
-        )(jr.split(k_blocks, num_blocks))
+        self.blocks = make_stacked_backbones(
+            backbone,
+            num_blocks,
+            num_classes=num_classes,
+            embed_dim=self.embedding.dim,
+            image_shape=image_shape,
+            key=k_blocks,
+        )
         self.readout = nearest_embedding_readout(self.embedding)
         self.mixing = jnp.full((num_blocks,), 0.5, dtype=jnp.float32)
         self.num_blocks = num_blocks
@@ -65,8 +61,7 @@ class BackpropBaseline(eqx.Module):
         return self.blocks.image_shape
 
     def block(self, t: int) -> AbstractBackbone:
-        params, static = eqx.partition(self.blocks, eqx.is_array)
-        return eqx.combine(jax.tree.map(lambda a: a[t], params), static)
+        return index_stacked(self.blocks, t)
 
     def _forward(
         self, x: Float[Array, "batch c h w"], key: PRNGKeyArray | None

@@ -1,6 +1,5 @@
 """NoProp-DT: T independently trained denoising blocks (Eq. 3, 6, 8; Algorithm 1)."""
 
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,7 @@ from ._losses import (
     weighted_denoising_term,
 )
 from .models import AbstractBackbone, apply_batched
-from .models._factory import BackboneSpec, make_backbone
+from .models._factory import BackboneSpec, index_stacked, make_stacked_backbones
 from .noise_schedules import (
     AbstractNoiseSchedule,
     CosineNoiseSchedule,
@@ -72,16 +71,14 @@ class NoPropDT(eqx.Module):
         self.embedding = make_embedding(embedding, num_classes, embed_dim, key=k_embed)
         dim = self.embedding.dim
         if blocks is None:
-            blocks = eqx.filter_vmap(
-                lambda k: make_backbone(
-                    backbone,
-                    num_classes=num_classes,
-                    embed_dim=dim,
-                    image_shape=image_shape,
-                    time_conditioned=False,
-                    key=k,
-                )
-            )(jr.split(k_blocks, num_blocks))
+            blocks = make_stacked_backbones(
+                backbone,
+                num_blocks,
+                num_classes=num_classes,
+                embed_dim=dim,
+                image_shape=image_shape,
+                key=k_blocks,
+            )
         leading = {a.shape[0] for a in jax.tree.leaves(eqx.filter(blocks, eqx.is_array))}
         if leading != {num_blocks}:
             raise ValueError(
@@ -105,8 +102,7 @@ class NoPropDT(eqx.Module):
 
     def block(self, t: int) -> AbstractBackbone:
         """Block t (0-based), sliced out of the stacked parameters."""
-        params, static = eqx.partition(self.blocks, eqx.is_array)
-        return eqx.combine(jax.tree.map(lambda a: a[t], params), static)
+        return index_stacked(self.blocks, t)
 
     def block_logits(
         self,

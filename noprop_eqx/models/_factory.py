@@ -1,5 +1,8 @@
 from collections.abc import Callable
 
+import equinox as eqx
+import jax
+import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
 from ._base import AbstractBackbone
@@ -64,3 +67,34 @@ def make_backbone(
             f"time_conditioned) = {expected}, got {got}"
         )
     return net
+
+
+def make_stacked_backbones(
+    spec: BackboneSpec,
+    num_blocks: int,
+    *,
+    num_classes: int,
+    embed_dim: int,
+    image_shape: tuple[int, int, int],
+    key: PRNGKeyArray,
+) -> AbstractBackbone:
+    """`num_blocks` independent DT blocks as ONE backbone whose array leaves carry a leading
+    axis of size `num_blocks` (slice block t out with `index_stacked`)."""
+    if not (isinstance(num_blocks, int) and num_blocks >= 1):
+        raise ValueError(f"expected num_blocks to be a positive int, got {num_blocks!r}")
+    return eqx.filter_vmap(
+        lambda k: make_backbone(
+            spec,
+            num_classes=num_classes,
+            embed_dim=embed_dim,
+            image_shape=image_shape,
+            time_conditioned=False,
+            key=k,
+        )
+    )(jr.split(key, num_blocks))
+
+
+def index_stacked(blocks: AbstractBackbone, t: int) -> AbstractBackbone:
+    """Block t (0-based) of stacked backbones."""
+    params, static = eqx.partition(blocks, eqx.is_array)
+    return eqx.combine(jax.tree.map(lambda a: a[t], params), static)
