@@ -22,6 +22,7 @@ step and checks that the losses are finite and the parameters changed; warms up;
 import time
 
 import _common
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -114,7 +115,6 @@ def run_row(variant, network, batch_size, args, matmul_flops_per_s) -> dict:
     batch = (jr.normal(kx, (batch_size, *shape)), jr.randint(ky, (batch_size,), 0, classes))
     opt_state = npx.init_optimizer_state(model, optimizer)
     step_keys = list(jr.split(k_steps, args.warmup + args.repeats + 1))
-    # `make_step` donates the batch, so every call gets its own copy, made before timing.
     batches = [jax.tree.map(jnp.copy, batch) for _ in step_keys]
 
     flops = lowered_flops(flops_model, flops_step, optimizer, batch, step_keys[0])
@@ -127,11 +127,13 @@ def run_row(variant, network, batch_size, args, matmul_flops_per_s) -> dict:
 
     # Correctness first: one step through the jitted function (it reuses the executable just
     # compiled), finite losses, parameters changed.
+    # The step donates the model: keep a copy to check that the parameters changed.
+    before = jax.tree.map(jnp.copy, eqx.filter(model, eqx.is_array))
     with _common.CompileCounter() as first_call:
         new_model, opt_state, aux = step(model, opt_state, batches[0], step_keys[0])
         jax.block_until_ready(aux)
     _common.check_finite(f"{variant}/{network}/{batch_size}", aux)
-    if not _common.params_changed(model, new_model):
+    if not _common.params_changed(before, new_model):
         raise RuntimeError(
             f"{variant}/{network}/{batch_size}: a step left the parameters unchanged"
         )

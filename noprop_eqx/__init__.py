@@ -38,10 +38,15 @@ from ._train import (
     make_step as make_step,
     paper_optimizer as paper_optimizer,
 )
+from ._xla import (
+    CPU_COMPILER_OPTIONS as CPU_COMPILER_OPTIONS,
+    default_compiler_options as default_compiler_options,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CPU_COMPILER_OPTIONS",
     "AbstractClassEmbedding",
     "BackpropBaseline",
     "LearnedEmbedding",
@@ -53,6 +58,7 @@ __all__ = [
     "PrototypeEmbedding",
     "build_model",
     "data",
+    "default_compiler_options",
     "dt_value_and_grad",
     "epoch_keys",
     "evaluate_accuracy",

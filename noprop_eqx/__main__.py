@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import optax
 
 from . import data as data_lib
 from ._checkpoint import load_checkpoint, save_checkpoint
@@ -53,6 +54,7 @@ TRAJECTORY_KEYS = (
     "num_blocks",
     "batch_size",
     "lr",
+    "lr_schedule",
     "weight_decay",
     "seed",
     "limit_train",
@@ -117,6 +119,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=_positive_int, default=100, help="default 100 (paper)")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="default 128 (paper)")
     p.add_argument("--lr", type=_non_negative_float, default=1e-3, help="default 1e-3 (paper)")
+    p.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="constant (paper) or cosine decay to 0 over --epochs (for runs shorter than the "
+        "paper's; a cosine run cannot be extended with more --epochs on resume)",
+    )
     p.add_argument(
         "--weight-decay",
         type=_non_negative_float,
@@ -245,13 +254,14 @@ def _format_terms(terms: dict) -> str:
 _STEPS: dict = {}
 
 
-def _optimizer_and_step(model, lr: float, weight_decay: float):
-    """The paper optimiser and its compiled step, made once per (model class, lr, weight decay)
-    in this process, so that repeated runs in one process (tests, resumes) reuse compilations.
-    Both are pure functions of those three values."""
-    cache_key = (type(model), lr, weight_decay)
+def _optimizer_and_step(model, lr: float, weight_decay: float, decay_steps: int | None):
+    """The paper optimiser and its compiled step, made once per (model class, lr, weight decay,
+    cosine decay steps or None for a constant rate) in this process, so that repeated runs in
+    one process (tests, resumes) reuse compilations. Both are pure functions of those values."""
+    cache_key = (type(model), lr, weight_decay, decay_steps)
     if cache_key not in _STEPS:
-        optimizer = paper_optimizer(model, learning_rate=lr, weight_decay=weight_decay)
+        learning_rate = lr if decay_steps is None else optax.cosine_decay_schedule(lr, decay_steps)
+        optimizer = paper_optimizer(model, learning_rate=learning_rate, weight_decay=weight_decay)
         _STEPS[cache_key] = (optimizer, make_step(type(model).loss_fn, optimizer))
     return _STEPS[cache_key]
 
@@ -275,6 +285,7 @@ def train_variant(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         weight_decay=args.weight_decay,
         seed=args.seed,
         limit_train=args.limit_train,
@@ -298,14 +309,20 @@ def train_variant(
         y_train=ds.y_train,
         key=k_model,
     )
-    optimizer, step = _optimizer_and_step(model, args.lr, args.weight_decay)
+    decay_steps = None
+    if args.lr_schedule == "cosine":
+        config["lr_decay_steps"] = decay_steps = args.epochs * data_lib.num_train_batches(
+            len(ds.y_train), args.batch_size
+        )
+    optimizer, step = _optimizer_and_step(model, args.lr, args.weight_decay, decay_steps)
     config["optimizer"] = "adamw" if variant in ("DT", "BP") else "adam"
     opt_state = init_optimizer_state(model, optimizer)
 
     start_epoch, history = 0, []
     if args.resume and ckpt_path.is_file():
         saved = json.loads((run_dir / "config.json").read_text())
-        diff = {k: (saved.get(k), config[k]) for k in TRAJECTORY_KEYS if saved.get(k) != config[k]}
+        keys = (*TRAJECTORY_KEYS, "lr_decay_steps")
+        diff = {k: (saved.get(k), config.get(k)) for k in keys if saved.get(k) != config.get(k)}
         if diff:
             raise SystemExit(
                 f"noprop-eqx train: error: cannot resume {run_dir}: settings differ from the "
@@ -388,6 +405,7 @@ def train_variant(
         seed=args.seed,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         weight_decay=args.weight_decay,
         limit_train=args.limit_train,
         limit_test=args.limit_test,

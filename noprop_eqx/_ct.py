@@ -17,7 +17,7 @@ from ._losses import (
     weighted_denoising_term,
 )
 from ._solve import ODESolution, integrate
-from .models import AbstractBackbone, apply_batched
+from .models import AbstractBackbone, apply_batched, decode_batched, encode_batched
 from .models._factory import BackboneSpec, make_backbone
 from .noise_schedules import AbstractNoiseSchedule, LearnedNoiseSchedule
 
@@ -108,12 +108,21 @@ class NoPropCT(eqx.Module):
 
             ε̂ = (z - √ᾱ_t û) / √(1 - ᾱ_t),   dz/dt = (d√ᾱ_t/dt) û + (d√(1 - ᾱ_t)/dt) ε̂.
 
-        Diffrax's signature f(t, z, args), with args = the images.
+        Diffrax's signature f(t, z, args), with args = the images. (`solve` integrates the same
+        field on the encoded images, `feature_vector_field`.)
         """
+        return self.feature_vector_field(t, z, encode_batched(self.net, x))
+
+    def feature_vector_field(
+        self, t: Float[ArrayLike, ""], z: Float[Array, "batch dim"], features: Array
+    ) -> Float[Array, "batch dim"]:
+        """`vector_field` with args = `encode_batched(self.net, x)`: the image branch runs once
+        per solve rather than once per function evaluation."""
         t = check_time(t)
         signal, d_signal, noise, d_noise = self.schedule.sqrt_alpha_bar_and_derivative(t)
         w_embed = self.embedding.matrix()
-        u_hat = jax.vmap(expected_embedding, (0, None))(apply_batched(self.net, z, x, t), w_embed)
+        logits = decode_batched(self.net, z, features, t)
+        u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
         eps_hat = (z - signal * u_hat) / noise
         return d_signal * u_hat + d_noise * eps_hat
 
@@ -133,9 +142,9 @@ class NoPropCT(eqx.Module):
         shape = (x.shape[0], self.embedding.dim)
         z0 = jnp.zeros(shape) if key is None else jr.normal(key, shape)
         return integrate(
-            self.vector_field,
+            self.feature_vector_field,
             z0,
-            x,
+            encode_batched(self.net, x),
             solver=solver,
             num_steps=num_steps,
             dt0=dt0,

@@ -26,7 +26,8 @@ from ._losses import (
     readout_cross_entropy,
     weighted_denoising_term,
 )
-from ._train import make_step
+from ._train import donating_step, make_step
+from ._xla import CompilerOptions
 from .noise_schedules import alpha_bar_grid
 
 Memory = Literal["low", "default"]
@@ -118,7 +119,12 @@ def dt_value_and_grad(
     return (loss, aux), grads
 
 
-def make_dt_step(optimizer: optax.GradientTransformation, *, memory: Memory = "low"):
+def make_dt_step(
+    optimizer: optax.GradientTransformation,
+    *,
+    memory: Memory = "low",
+    compiler_options: CompilerOptions = "auto",
+):
     """`step(model, opt_state, batch, key) -> (model, opt_state, aux)` for NoProp-DT, with the
     signature and semantics of `make_step(NoPropDT.loss_fn, optimizer)`: the same loss, the same
     gradients (up to float rounding) for the same key, one `eqx.filter_jit` region.
@@ -126,18 +132,17 @@ def make_dt_step(optimizer: optax.GradientTransformation, *, memory: Memory = "l
     `memory="low"` takes the gradients block by block (`dt_value_and_grad`), so the compiled
     step's temporary memory holds one block's activations rather than T's; `memory="default"`
     returns `make_step(NoPropDT.loss_fn, optimizer)`, which runs the blocks as the model's
-    `strategy` says.
+    `strategy` says. `compiler_options` as for `make_step`.
     """
     if memory not in MEMORY_MODES:
         raise ValueError(f"expected memory to be one of {MEMORY_MODES}, got {memory!r}")
     if memory == "default":
-        return make_step(NoPropDT.loss_fn, optimizer)
+        return make_step(NoPropDT.loss_fn, optimizer, compiler_options=compiler_options)
 
-    @eqx.filter_jit(donate="all-except-first")
     def step(model, opt_state, batch, key):
         (_, aux), grads = dt_value_and_grad(model, batch, key)
         params = eqx.filter(model, eqx.is_inexact_array)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return eqx.apply_updates(model, updates), opt_state, aux
 
-    return step
+    return donating_step(step, compiler_options)

@@ -11,7 +11,7 @@ from ._checks import check_batch, check_images, check_time
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
 from ._losses import flow_matching_term, readout_cross_entropy
 from ._solve import ODESolution, integrate
-from .models import AbstractBackbone, apply_batched
+from .models import AbstractBackbone, apply_batched, decode_batched, encode_batched
 from .models._factory import BackboneSpec, make_backbone
 
 
@@ -95,9 +95,17 @@ class NoPropFM(eqx.Module):
     def vector_field(
         self, t: Float[ArrayLike, ""], z: Float[Array, "batch dim"], x: Float[Array, "batch c h w"]
     ) -> Float[Array, "batch dim"]:
-        """dz/dt = v_θ(z, x, t) = logits · W_embed; Diffrax's signature with args = the images."""
+        """dz/dt = v_θ(z, x, t) = logits · W_embed; Diffrax's signature with args = the images.
+        (`solve` integrates the same field on the encoded images, `feature_vector_field`.)"""
+        return self.feature_vector_field(t, z, encode_batched(self.net, x))
+
+    def feature_vector_field(
+        self, t: Float[ArrayLike, ""], z: Float[Array, "batch dim"], features: Array
+    ) -> Float[Array, "batch dim"]:
+        """`vector_field` with args = `encode_batched(self.net, x)`: the image branch runs once
+        per solve rather than once per function evaluation."""
         t = check_time(t)
-        return apply_batched(self.net, z, x, t) @ self.embedding.matrix()
+        return decode_batched(self.net, z, features, t) @ self.embedding.matrix()
 
     def solve(
         self,
@@ -115,9 +123,9 @@ class NoPropFM(eqx.Module):
         shape = (x.shape[0], self.embedding.dim)
         z0 = jnp.zeros(shape) if key is None else jr.normal(key, shape)
         return integrate(
-            self.vector_field,
+            self.feature_vector_field,
             z0,
-            x,
+            encode_batched(self.net, x),
             solver=solver,
             num_steps=num_steps,
             dt0=dt0,

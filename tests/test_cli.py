@@ -210,3 +210,14 @@ def test_smoke_digits_paper_settings_all_variants(tmp_path):
     assert main(argv) == 0
     for variant in ("DT", "CT", "FM", "BP"):
         assert (tmp_path / variant / "summary.json").is_file()
+
+
+def test_cosine_schedule_is_recorded_and_pinned_on_resume(tmp_path):
+    argv = ["train", "--dataset", "digits", "--variants", "FM", *QUICK, "--limit-train", "128"]
+    argv += ["--lr-schedule", "cosine", "--out", str(tmp_path)]
+    assert main([*argv, "--epochs", "1"]) == 0
+    config = json.loads((tmp_path / "FM" / "config.json").read_text())
+    assert config["lr_schedule"] == "cosine" and config["lr_decay_steps"] == 128 // 64
+    # The decay length is fixed by --epochs: a longer resumed run would change the trajectory.
+    with pytest.raises(SystemExit, match="lr_decay_steps 2 vs 4"):
+        main([*argv, "--epochs", "2", "--resume"])

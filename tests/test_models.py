@@ -54,3 +54,23 @@ def test_resnet_depths(getkey):
     r50 = ResNetWrapper(10, 50, 64, key=getkey())
     # ResNet-50's convolutions hold ~23.5M parameters; the NoProp head adds ~0.6M.
     assert 23.5e6 < _count(r50) < 24.5e6
+
+
+@pytest.mark.parametrize(
+    "net, t",
+    [
+        (lambda k: PaperDTBlock(10, 20, (1, 28, 28), key=k), None),
+        (lambda k: PaperCTNet(10, 20, (1, 28, 28), key=k), 0.3),
+        (lambda k: SimpleCNN(10, 0, embed_dim=20, image_shape=(1, 28, 28), key=k), None),
+        (lambda k: SimpleCNN(10, 32, embed_dim=20, image_shape=(3, 32, 32), key=k), 0.3),
+        (lambda k: ResNetWrapper(10, 18, 8, 16, embed_dim=20, key=k), 0.3),
+    ],
+)
+def test_encode_then_decode_equals_the_network(getkey, net, t):
+    # The inference split used by the CT/FM solvers: net(z, x, t) == decode(z, encode(x), t).
+    net = net(getkey())
+    z, x = jr.normal(getkey(), (20,)), jr.normal(getkey(), net.image_shape)
+    t = None if t is None else jnp.asarray(t)
+    expected = net(z, x) if t is None else net(z, x, t)
+    got = net.decode(z, net.encode(x), t)
+    assert jnp.allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -114,3 +114,14 @@ def test_bad_solver_options(getkey):
         npx.integrate(field, z0, num_steps=4, dt0=0.25)
     with pytest.raises(TypeError, match="expected an explicit Diffrax solver"):
         npx.integrate(field, z0, solver=diffrax.ImplicitEuler())
+
+
+def test_solve_on_encoded_images_equals_the_image_vector_field(fm_field):
+    # `solve` encodes the images once and integrates `feature_vector_field`; the result must be
+    # the ODE of `vector_field` on the images themselves.
+    model, x, _ = fm_field
+    ct = npx.NoPropCT(4, SHAPE, backbone="simple", key=jr.key(3))
+    for m in (model, ct):
+        z0 = jnp.zeros((x.shape[0], m.embedding.dim))
+        expected = npx.integrate(m.vector_field, z0, x, num_steps=7).z1
+        np.testing.assert_allclose(m.solve(x, num_steps=7).z1, expected, rtol=1e-5, atol=1e-5)

@@ -74,7 +74,8 @@ def _train(model, data, epochs, key, batch_size=64, lr=1e-3):
 def test_each_variant_learns_digits(cls):
     data = load_digits()
     model = cls(10, SHAPE, backbone="simple", key=jr.key(0))
-    model = _train(model, data, 25, jr.key(1))
+    # CT learns more slowly: 25 epochs give 0.89-0.96 over seeds 0-2, 60 epochs 0.97-0.98.
+    model = _train(model, data, 60 if cls is npx.NoPropCT else 25, jr.key(1))
     accuracy = npx.evaluate_accuracy(model, data.x_test, data.y_test)
     assert accuracy >= 0.90, f"{cls.__name__}: {accuracy:.3f}"
 

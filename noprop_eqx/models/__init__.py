@@ -1,6 +1,11 @@
 """Backbones: the paper's DT block and CT/FM network, SimpleCNN, and a ResNet wrapper."""
 
-from ._base import AbstractBackbone as AbstractBackbone, apply_batched as apply_batched
+from ._base import (
+    AbstractBackbone as AbstractBackbone,
+    apply_batched as apply_batched,
+    decode_batched as decode_batched,
+    encode_batched as encode_batched,
+)
 from ._factory import make_backbone as make_backbone
 from ._paper import (
     PaperConvStack as PaperConvStack,
@@ -14,6 +19,8 @@ from ._time_embedding import SinusoidalTimeEmbedding as SinusoidalTimeEmbedding
 __all__ = [
     "AbstractBackbone",
     "apply_batched",
+    "decode_batched",
+    "encode_batched",
     "make_backbone",
     "PaperCTNet",
     "PaperConvStack",

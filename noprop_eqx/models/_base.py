@@ -29,6 +29,19 @@ class AbstractBackbone(eqx.Module):
     ) -> Float[Array, " classes"]:
         """Logits over the classes."""
 
+    def encode(self, x: Float[Array, "c h w"]) -> Array:
+        """The part of the network that sees only the image, with dropout off. For inference:
+        `net(z, x, t) == net.decode(z, net.encode(x), t)`, so an ODE solve over t encodes each
+        image once instead of once per function evaluation. The default encodes nothing (the
+        features are the image); backbones with a separate image branch override both."""
+        return x
+
+    def decode(
+        self, z: Float[Array, " embed"], features: Array, t: Float[Array, ""] | None = None
+    ) -> Float[Array, " classes"]:
+        """The rest of the network on `encode(x)`, dropout off (see `encode`)."""
+        return self(z, features) if t is None else self(z, features, t)
+
 
 def apply_batched(
     net: AbstractBackbone,
@@ -49,3 +62,21 @@ def apply_batched(
 
 def _apply_one(net, z, x, t, key):
     return net(z, x, key=key) if t is None else net(z, x, t, key=key)
+
+
+def encode_batched(net: AbstractBackbone, x: Float[Array, "batch c h w"]) -> Array:
+    """`net.encode` on every image of a batch."""
+    return jax.vmap(net.encode)(x)
+
+
+def decode_batched(
+    net: AbstractBackbone,
+    z: Float[Array, "batch embed"],
+    features: Array,
+    t: Float[Array, "*batch"] | None = None,
+) -> Float[Array, "batch classes"]:
+    """`net.decode` on every example of a batch; `t` as for `apply_batched`."""
+    if t is None:
+        return jax.vmap(net.decode)(z, features)
+    t = jnp.broadcast_to(t, z.shape[:1])
+    return jax.vmap(net.decode)(z, features, t)

@@ -7,7 +7,8 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._base import AbstractBackbone
-from ._paper import _check_image_shape, _dropout
+from ._layers import dropout
+from ._paper import _check_image_shape
 from ._time_embedding import SinusoidalTimeEmbedding
 
 # depth -> (bottleneck?, blocks per stage)
@@ -70,7 +71,7 @@ class ResNetWrapper(AbstractBackbone):
     time_fc: eqx.nn.Linear | None
     hidden: eqx.nn.Linear
     out: eqx.nn.Linear
-    dropout: eqx.nn.Dropout
+    dropout: float = eqx.field(static=True)
     num_classes: int = eqx.field(static=True)
     embed_dim: int = eqx.field(static=True)
     image_shape: tuple[int, int, int] = eqx.field(static=True)
@@ -117,7 +118,7 @@ class ResNetWrapper(AbstractBackbone):
             self.time_embedding = self.time_fc = None
         self.hidden = eqx.nn.Linear(256, 256, key=next(keys))
         self.out = eqx.nn.Linear(256, num_classes, key=next(keys))
-        self.dropout = eqx.nn.Dropout(dropout)
+        self.dropout = float(dropout)
         self.num_classes = num_classes
         self.embed_dim = embed_dim
         self.image_shape = (c, h, w)
@@ -129,11 +130,20 @@ class ResNetWrapper(AbstractBackbone):
                 f"this ResNetWrapper has time_conditioned={self.time_conditioned}: call it as "
                 + ("f(z, x, t)" if self.time_conditioned else "f(z, x)")
             )
+        return self._head(z, self.encode(x), t, key)
+
+    def encode(self, x: Float[Array, "c h w"]) -> Float[Array, " 256"]:
         x = jax.nn.relu(self.stem_norm(self.stem(x)))
         for block in self.stages:
             x = block(x)
-        h = self.image_fc(jnp.mean(x, axis=(1, 2))) + self.label_fc(z)
+        return self.image_fc(jnp.mean(x, axis=(1, 2)))
+
+    def decode(self, z, features, t=None):
+        return self._head(z, features, t, None)
+
+    def _head(self, z, features, t, key):
+        h = features + self.label_fc(z)
         if self.time_fc is not None:
             h = h + self.time_fc(self.time_embedding(jnp.asarray(t)))
-        h = _dropout(self.dropout, jax.nn.relu(h), key)
+        h = dropout(jax.nn.relu(h), self.dropout, key)
         return self.out(jax.nn.relu(self.hidden(h)))

@@ -2,10 +2,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._base import AbstractBackbone
-from ._paper import _check_image_shape, _dropout, _max_pool
+from ._layers import conv_hwc, dropout, max_pool_hwc
+from ._paper import _check_image_shape
 from ._time_embedding import SinusoidalTimeEmbedding
 
 
@@ -26,7 +27,7 @@ class SimpleCNN(AbstractBackbone):
     time_fc: eqx.nn.Linear | None
     hidden: eqx.nn.Linear
     out: eqx.nn.Linear
-    dropout: eqx.nn.Dropout
+    dropout: float = eqx.field(static=True)
     num_classes: int = eqx.field(static=True)
     embed_dim: int = eqx.field(static=True)
     image_shape: tuple[int, int, int] = eqx.field(static=True)
@@ -60,7 +61,7 @@ class SimpleCNN(AbstractBackbone):
             self.time_embedding = self.time_fc = None
         self.hidden = eqx.nn.Linear(width, width, key=keys[5])
         self.out = eqx.nn.Linear(width, num_classes, key=keys[6])
-        self.dropout = eqx.nn.Dropout(dropout)
+        self.dropout = float(dropout)
         self.num_classes = num_classes
         self.embed_dim = embed_dim
         self.image_shape = (c, h, w)
@@ -72,10 +73,20 @@ class SimpleCNN(AbstractBackbone):
                 f"this SimpleCNN has time_conditioned={self.time_conditioned}: call it as "
                 + ("f(z, x, t)" if self.time_conditioned else "f(z, x)")
             )
-        x = _max_pool(jax.nn.relu(self.convs[0](x)))
-        x = _max_pool(jax.nn.relu(self.convs[1](x)))
-        h = self.image_fc(x.reshape(-1)) + self.label_fc(z)
+        return self._head(z, self.encode(x), t, key)
+
+    def encode(self, x: Float[Array, "c h w"]) -> Float[Array, " width"]:
+        x = jnp.transpose(x, (1, 2, 0))  # channels-last convolutions: faster on XLA:CPU
+        x = max_pool_hwc(jax.nn.relu(conv_hwc(self.convs[0], x)))
+        x = max_pool_hwc(jax.nn.relu(conv_hwc(self.convs[1], x)))
+        return self.image_fc(jnp.transpose(x, (2, 0, 1)).reshape(-1))
+
+    def decode(self, z, features, t=None):
+        return self._head(z, features, t, None)
+
+    def _head(self, z, features, t, key):
+        h = features + self.label_fc(z)
         if self.time_fc is not None:
             h = h + self.time_fc(self.time_embedding(jnp.asarray(t)))
-        h = _dropout(self.dropout, jax.nn.relu(h), key)
+        h = dropout(jax.nn.relu(h), self.dropout, key)
         return self.out(jax.nn.relu(self.hidden(h)))
