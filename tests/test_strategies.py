@@ -107,6 +107,7 @@ def test_low_memory_step_matches_make_step():
     opt_state = npx.init_optimizer_state(model, optimizer)
     default_step = npx.make_step(npx.NoPropDT.loss_fn, optimizer)
     low_step = npx.make_dt_step(optimizer, memory="low")
+
     # The steps donate the model and the optimiser state: each call gets fresh copies.
     def copy(tree):
         return jax.tree.map(lambda a: jnp.copy(a) if eqx.is_array(a) else a, tree)
