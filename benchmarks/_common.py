@@ -370,3 +370,13 @@ def strengthen_weak_types(model):
         return leaf
 
     return jax.tree_util.tree_map_with_path(fix, model), paths
+
+
+def library_jit(fun):
+    """`eqx.filter_jit` with the library's per-backend compiler options (as `make_step` and
+    `evaluate_accuracy` compile), so benchmarked code is compiled the way users get it."""
+    import equinox as eqx
+
+    import noprop_eqx as npx
+
+    return eqx.filter_jit(fun, compiler_options=npx.default_compiler_options() or None)

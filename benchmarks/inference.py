@@ -20,7 +20,6 @@ import time
 
 import _common
 import diffrax
-import equinox as eqx
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -121,11 +120,11 @@ def dt_rows(network, batch_size, args) -> list[dict]:
     rows = []
     for sampler, stochastic in (("Eq. 3, ε = 0", False), ("Eq. 3, stochastic", True)):
 
-        @eqx.filter_jit
+        @_common.library_jit
         def predict(x, key, stochastic=stochastic):
             return model.predict(x, key=key if stochastic else None)
 
-        @eqx.filter_jit
+        @_common.library_jit
         def final_state(x, key, stochastic=stochastic):
             return model.logits(x, key=key if stochastic else None)
 
@@ -151,11 +150,11 @@ def ode_rows(variant, network, batch_size, args) -> list[dict]:
     rows = []
     for sampler, kwargs in solver_settings(args.quick).items():
 
-        @eqx.filter_jit
+        @_common.library_jit
         def predict(x, key, kwargs=kwargs):
             return model.predict(x, key=key, **kwargs)
 
-        @eqx.filter_jit
+        @_common.library_jit
         def solve(x, key, kwargs=kwargs):
             return model.solve(x, key=key, **kwargs)
 

@@ -19,6 +19,7 @@ and exits 0.
     python benchmarks/torch_reference.py --quick
 """
 
+import functools
 import os
 import sys
 import time
@@ -200,7 +201,10 @@ def jax_rows(network, batch_size, args, matmul_flops_per_s) -> list[dict]:
     x = jr.normal(key, (batch_size, *shape))
     z = jr.normal(jr.fold_in(key, 1), (batch_size, classes))
 
-    @eqx.filter_jit
+    import noprop_eqx as npx
+
+    # The library's per-backend compiler options, as `make_step` uses them.
+    @functools.partial(eqx.filter_jit, compiler_options=npx.default_compiler_options() or None)
     def block_grad(block, z, x, key):
         def loss(block):
             keys = jr.split(key, batch_size)

@@ -40,8 +40,12 @@ VARIANTS = ("DT", "DT-low", "CT", "FM", "backprop")
 # DT with a fixed strategy (benchmarks/dt_strategies.py compares them).
 DT_STRATEGY_VARIANTS = ("DT-loop", "DT-vmap", "DT-scan")
 
+# --compiler-options: the library's per-backend choice, or XLA's defaults.
+COMPILER_OPTIONS = {"auto": "auto", "none": None}
+
 COLUMNS = [
     ("variant", "variant"),
+    ("compiler_options", "compiler options"),
     ("network", "network"),
     ("batch", "batch"),
     ("images_per_s", "images/s"),
@@ -57,7 +61,9 @@ COLUMNS = [
 ]
 
 
-def build(variant: str, network: str, num_blocks: int, strategy: str | None, key):
+def build(
+    variant: str, network: str, num_blocks: int, strategy: str | None, key, compiler_options="auto"
+):
     """(model, loss_fn or None, step, flops_model): the model, its step, and the model whose
     lowered step gives the FLOPs (DT: the unrolled "loop" strategy)."""
     backbone, shape, classes = NETWORKS[network]
@@ -70,9 +76,9 @@ def build(variant: str, network: str, num_blocks: int, strategy: str | None, key
         )
         optimizer = npx.paper_optimizer(model)
         if variant == "DT-low":
-            step = npx.make_dt_step(optimizer, memory="low")
+            step = npx.make_dt_step(optimizer, memory="low", compiler_options=compiler_options)
         else:
-            step = npx.make_step(npx.NoPropDT.loss_fn, optimizer)
+            step = npx.make_step(npx.NoPropDT.loss_fn, optimizer, compiler_options=compiler_options)
         flops_model = _common.with_strategy(model, "loop")
         flops_step = npx.make_step(npx.NoPropDT.loss_fn, optimizer)
     elif variant == "backprop":
@@ -80,13 +86,15 @@ def build(variant: str, network: str, num_blocks: int, strategy: str | None, key
             classes, shape, num_blocks=num_blocks, backbone=backbone, key=key
         )
         optimizer = npx.paper_optimizer(model)
-        step = flops_step = npx.make_step(npx.BackpropBaseline.loss_fn, optimizer)
+        step = flops_step = npx.make_step(
+            npx.BackpropBaseline.loss_fn, optimizer, compiler_options=compiler_options
+        )
         flops_model = model
     else:
         cls = {"CT": npx.NoPropCT, "FM": npx.NoPropFM}[variant]
         model = cls(classes, shape, backbone=backbone, key=key)
         optimizer = npx.paper_optimizer(model)
-        step = flops_step = npx.make_step(cls.loss_fn, optimizer)
+        step = flops_step = npx.make_step(cls.loss_fn, optimizer, compiler_options=compiler_options)
         flops_model = model
     return model, optimizer, step, (flops_model, flops_step)
 
@@ -103,11 +111,16 @@ def lowered_flops(flops_model, flops_step, optimizer, batch, key) -> float | Non
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def run_row(variant, network, batch_size, args, matmul_flops_per_s) -> dict:
+def run_row(variant, network, batch_size, args, matmul_flops_per_s, copts="auto") -> dict:
     key = jr.key(args.seed)
     k_model, k_data, k_steps = jr.split(key, 3)
     model, optimizer, step, (flops_model, flops_step) = build(
-        variant, network, args.num_blocks, args.strategy, k_model
+        variant,
+        network,
+        args.num_blocks,
+        args.strategy,
+        k_model,
+        compiler_options=COMPILER_OPTIONS[copts],
     )
     model, weak_leaves = _common.strengthen_weak_types(model)
     _, shape, classes = NETWORKS[network]
@@ -167,6 +180,8 @@ def run_row(variant, network, batch_size, args, matmul_flops_per_s) -> dict:
         "compile_s": compile_s,
         "compiles_on_first_call": first_call.count,
         "weak_typed_leaves_made_strong": weak_leaves,
+        "compiler_options": copts,
+        "compiler_options_resolved": npx.default_compiler_options() if copts == "auto" else {},
         "memory_bytes": memory,
         "temp_mb": None if memory["temp_bytes"] is None else memory["temp_bytes"] * mb,
         "argument_mb": None if memory["argument_bytes"] is None else memory["argument_bytes"] * mb,
@@ -179,7 +194,8 @@ def run_row(variant, network, batch_size, args, matmul_flops_per_s) -> dict:
         "peak_rss_mb": _common.peak_rss_mb(),
     }
     print(
-        f"{variant:9s} {network:7s} batch {batch_size:5d}: {row['images_per_s']:9.1f} images/s, "
+        f"{variant:9s} {network:7s} batch {batch_size:5d} options {copts}: "
+        f"{row['images_per_s']:9.1f} images/s, "
         f"{row['ms_per_step']:9.1f} ms/step [{row['ms_spread']}], compile {compile_s:6.1f} s, "
         f"temp {row['temp_mb'] or 0:8.1f} MB",
         flush=True,
@@ -188,15 +204,16 @@ def run_row(variant, network, batch_size, args, matmul_flops_per_s) -> dict:
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """DT / backprop step time and DT-low / backprop temp memory, per network and batch."""
+    """DT / backprop step time and DT-low / backprop temp memory, per network, batch and
+    compiler options; and each row's speed-up from the library's compiler options."""
     out = []
-    by = {(r["variant"], r["network"], r["batch"]): r for r in rows}
-    for (variant, network, batch), bp in by.items():
+    by = {(r["variant"], r["network"], r["batch"], r["compiler_options"]): r for r in rows}
+    for (variant, network, batch, copts), bp in by.items():
         if variant != "backprop":
             continue
-        entry = {"network": network, "batch": batch}
+        entry = {"network": network, "batch": batch, "compiler_options": copts}
         for dt in ("DT", "DT-low", *DT_STRATEGY_VARIANTS):
-            r = by.get((dt, network, batch))
+            r = by.get((dt, network, batch, copts))
             if r is None:
                 continue
             entry[f"{dt}_time_over_backprop"] = r["ms_per_step"] / bp["ms_per_step"]
@@ -204,6 +221,17 @@ def ratios(rows: list[dict]) -> list[dict]:
             if t_dt is not None and t_bp:
                 entry[f"{dt}_temp_over_backprop"] = t_dt / t_bp
         out.append(entry)
+    for (variant, network, batch, copts), r in by.items():
+        default = by.get((variant, network, batch, "none"))
+        if copts == "auto" and default is not None:
+            out.append(
+                {
+                    "network": network,
+                    "batch": batch,
+                    f"{variant}_speedup_from_compiler_options": default["ms_per_step"]
+                    / r["ms_per_step"],
+                }
+            )
     return out
 
 
@@ -219,6 +247,14 @@ def main(argv=None) -> dict:
         "--strategy", default=None, help="NoPropDT strategy for the DT row (default: the model's)"
     )
     parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument(
+        "--compiler-options",
+        nargs="+",
+        choices=list(COMPILER_OPTIONS),
+        default=["auto"],
+        help="auto: the library's per-backend options (make_step's default); none: XLA's "
+        "defaults. Give both to measure the difference in one run.",
+    )
     args = parser.parse_args(argv)
     _common.apply_jax_options(args)
     if args.quick:
@@ -230,10 +266,18 @@ def main(argv=None) -> dict:
     rows = []
     for network in args.networks:
         for batch_size in args.batch_sizes:
-            for variant in args.variants:
-                rows.append(
-                    run_row(variant, network, batch_size, args, matmul_before["flops_per_second"])
-                )
+            for copts in args.compiler_options:
+                for variant in args.variants:
+                    rows.append(
+                        run_row(
+                            variant,
+                            network,
+                            batch_size,
+                            args,
+                            matmul_before["flops_per_second"],
+                            copts,
+                        )
+                    )
     matmul_after = _common.matmul_flops_per_second(args.matmul_size, max(3, args.repeats))
     summary = ratios(rows)
     for entry in summary:
