@@ -28,6 +28,8 @@ import optax
 
 from . import data as data_lib
 from ._checkpoint import load_checkpoint, save_checkpoint
+from ._dt import NoPropDT
+from ._dt_step import make_dt_step
 from ._loop import (
     EMBEDDINGS,
     SOLVERS,
@@ -262,7 +264,11 @@ def _optimizer_and_step(model, lr: float, weight_decay: float, decay_steps: int 
     if cache_key not in _STEPS:
         learning_rate = lr if decay_steps is None else optax.cosine_decay_schedule(lr, decay_steps)
         optimizer = paper_optimizer(model, learning_rate=learning_rate, weight_decay=weight_decay)
-        _STEPS[cache_key] = (optimizer, make_step(type(model).loss_fn, optimizer))
+        if isinstance(model, NoPropDT):  # per-block gradients, unrolled: the fastest DT step
+            step = make_dt_step(optimizer, memory="blockwise")
+        else:
+            step = make_step(type(model).loss_fn, optimizer)
+        _STEPS[cache_key] = (optimizer, step)
     return _STEPS[cache_key]
 
 

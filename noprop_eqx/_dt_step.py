@@ -1,12 +1,14 @@
-"""A NoProp-DT training step that differentiates one block at a time (low memory).
+"""NoProp-DT training steps that differentiate one block at a time.
 
 The T block terms of Eq. 8 are independent: block t sees only its own sample
 z_{t-1} ~ q(z_{t-1} | y), so its gradient needs only its own activations. `dt_value_and_grad`
 therefore runs a `lax.scan` over the stacked blocks whose body takes the value and gradient of
-ONE block term; the residuals of a single block are alive at any time, and the gradients of the
-shared parameters (W_embed, the readout, a trainable schedule) are summed in the scan carry.
-The result equals `eqx.filter_value_and_grad(NoPropDT.loss_fn, has_aux=True)` up to float
-rounding, with the same random draws for the same key.
+ONE block term, and sums the gradients of the shared parameters (W_embed, the readout, a
+trainable schedule) in the scan carry. Rolled, the residuals of a single block are alive at any
+time (smallest memory); fully unrolled, XLA sees T small independent gradient computations,
+which is the fastest DT step measured on CPU. Either way the result equals
+`eqx.filter_value_and_grad(NoPropDT.loss_fn, has_aux=True)` up to float rounding, with the same
+random draws for the same key.
 """
 
 from typing import Literal
@@ -30,14 +32,16 @@ from ._train import donating_step, make_step
 from ._xla import CompilerOptions
 from .noise_schedules import alpha_bar_grid
 
-Memory = Literal["low", "default"]
-MEMORY_MODES = ("low", "default")
+Memory = Literal["blockwise", "low", "default"]
+MEMORY_MODES = ("blockwise", "low", "default")
 
 
 def dt_value_and_grad(
     model: NoPropDT,
     batch: tuple[Float[ArrayLike, "batch c h w"], ArrayLike],
     key: PRNGKeyArray,
+    *,
+    unroll: int | bool = 1,
 ) -> tuple[tuple[Float[Array, ""], dict[str, Array]], PyTree]:
     """`((loss, aux), grads)` of `NoPropDT.loss_fn(model, batch, key)` (Eq. 8), computed block by
     block:
@@ -47,17 +51,18 @@ def dt_value_and_grad(
 
     which is Eq. 8's (T/2) η mean_t[...] written as a sum. The first bracket (the "head") is
     differentiated once; each summand is differentiated inside a `lax.scan` over the blocks, so
-    the peak memory holds the residuals of one block instead of T. `grads` has the structure of
-    `eqx.filter(model, eqx.is_inexact_array)`; `aux` has the keys of `NoPropDT.loss_fn`'s.
+    the peak memory holds the residuals of one block instead of T (`unroll` is passed to
+    `lax.scan`: True unrolls the T gradient computations into straight-line code). `grads` has
+    the structure of `eqx.filter(model, eqx.is_inexact_array)`; `aux` has the keys of
+    `NoPropDT.loss_fn`'s.
 
     Keys are used exactly as `NoPropDT.loss_fn` uses them: k_z, k_drop = split(key); block t's
     input is drawn with split(k_z, T + 1)[t] and the readout's with [T]; block t's dropout keys
     are split(k_drop, (T, batch))[t].
 
-    Speed: on XLA:CPU (jax 0.10) a convolution inside a while loop (this scan's body) is not
-    rewritten to the fast NHWC kernels used outside loops, so on CPU this is several times slower
-    than `make_step` with the unrolled "loop" strategy (benchmarks/README.md): use it when memory,
-    not time, is the constraint.
+    Speed: on XLA:CPU (jax 0.10) convolutions inside a while loop (the rolled scan's body) run
+    tens of times slower than the same convolutions outside one (benchmarks/README.md); unrolled,
+    this is the fastest DT gradient on CPU.
     """
     if not isinstance(model, NoPropDT):
         raise TypeError(f"expected a NoPropDT model, got {type(model).__name__}")
@@ -110,7 +115,7 @@ def dt_value_and_grad(
         return shared_grads, (grads_t, per_block)
 
     xs = (block_arrays, jnp.arange(num_blocks), keys_z[:num_blocks], keys_drop)
-    shared_grads, (block_grads, per_block) = jax.lax.scan(body, shared_grads, xs)
+    shared_grads, (block_grads, per_block) = jax.lax.scan(body, shared_grads, xs, unroll=unroll)
 
     denoise = 0.5 * num_blocks * eta * jnp.mean(per_block)
     loss = head + denoise
@@ -122,25 +127,31 @@ def dt_value_and_grad(
 def make_dt_step(
     optimizer: optax.GradientTransformation,
     *,
-    memory: Memory = "low",
+    memory: Memory = "blockwise",
     compiler_options: CompilerOptions = "auto",
 ):
     """`step(model, opt_state, batch, key) -> (model, opt_state, aux)` for NoProp-DT, with the
     signature and semantics of `make_step(NoPropDT.loss_fn, optimizer)`: the same loss, the same
     gradients (up to float rounding) for the same key, one `eqx.filter_jit` region.
 
-    `memory="low"` takes the gradients block by block (`dt_value_and_grad`), so the compiled
-    step's temporary memory holds one block's activations rather than T's; `memory="default"`
-    returns `make_step(NoPropDT.loss_fn, optimizer)`, which runs the blocks as the model's
-    `strategy` says. `compiler_options` as for `make_step`.
+    - `memory="blockwise"` (default): one value-and-grad per block, unrolled
+      (`dt_value_and_grad(..., unroll=True)`). The fastest DT step on CPU, with less temporary
+      memory than "default".
+    - `memory="low"`: the per-block value-and-grad inside a rolled `lax.scan`, so the step's
+      temporary memory holds one block's activations rather than T's. Slow on XLA:CPU.
+    - `memory="default"`: `make_step(NoPropDT.loss_fn, optimizer)`, one value-and-grad of the
+      whole loss, running the blocks as the model's `strategy` says.
+
+    `compiler_options` as for `make_step`.
     """
     if memory not in MEMORY_MODES:
         raise ValueError(f"expected memory to be one of {MEMORY_MODES}, got {memory!r}")
     if memory == "default":
         return make_step(NoPropDT.loss_fn, optimizer, compiler_options=compiler_options)
+    unroll = memory == "blockwise"
 
     def step(model, opt_state, batch, key):
-        (_, aux), grads = dt_value_and_grad(model, batch, key)
+        (_, aux), grads = dt_value_and_grad(model, batch, key, unroll=unroll)
         params = eqx.filter(model, eqx.is_inexact_array)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return eqx.apply_updates(model, updates), opt_state, aux

@@ -101,12 +101,13 @@ def test_low_memory_value_and_grad_differs_for_another_key(reference):
     assert float(loss2) != float(loss)
 
 
-def test_low_memory_step_matches_make_step():
+@pytest.mark.parametrize("memory", ["low", "blockwise"])
+def test_per_block_steps_match_make_step(memory):
     model = _model("loop", embedding="one-hot")
     optimizer = optax.adamw(1e-3, weight_decay=1e-3)
     opt_state = npx.init_optimizer_state(model, optimizer)
     default_step = npx.make_step(npx.NoPropDT.loss_fn, optimizer)
-    low_step = npx.make_dt_step(optimizer, memory="low")
+    low_step = npx.make_dt_step(optimizer, memory=memory)
 
     # The steps donate the model and the optimiser state: each call gets fresh copies.
     def copy(tree):
@@ -148,8 +149,10 @@ def test_low_memory_step_uses_less_temp_memory():
         return compiled.compiled.memory_analysis().temp_size_in_bytes
 
     default = temp_bytes(npx.make_dt_step(optimizer, memory="default"))
+    blockwise = temp_bytes(npx.make_dt_step(optimizer, memory="blockwise"))
     low = temp_bytes(npx.make_dt_step(optimizer, memory="low"))
     assert low < 0.5 * default, (low, default)
+    assert low < blockwise <= default, (low, blockwise, default)
 
 
 def test_bad_arguments():
