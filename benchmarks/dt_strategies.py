@@ -3,8 +3,10 @@ change?
 
 Rows: the training step with each `NoPropDT.strategy` ("loop": unrolled Python loop, "vmap":
 `filter_vmap` over the stacked parameters, i.e. a grouped convolution, "scan": `lax.scan`), the
-low-memory step (`make_dt_step(memory="low")`, a scan that differentiates one block at a time)
-and the backprop baseline on the same blocks, each under every XLA flag setting in `FLAG_SETS`.
+per-block-gradient steps (`make_dt_step(memory="blockwise")`, unrolled, and `memory="low"`, a
+rolled scan) and the backprop baseline on the same blocks, each under every XLA flag setting in
+`FLAG_SETS` (the children compile with `--compiler-options none`, so XLA_FLAGS alone decide;
+the library's "auto" CPU options equal the "ynn-off" set).
 XLA reads its flags once per process, so each flag setting runs `train_throughput.py` in a
 child process (same checks: finite losses, parameters change, no recompilation, compile time
 apart, median and spread of the timed steps, FLOP/s against a same-process matmul). The summary
@@ -35,7 +37,7 @@ FLAG_SETS = {
     "ynn-off+mem-sched": "--xla_cpu_experimental_ynn_fusion_type= "
     "--xla_cpu_enable_concurrency_optimized_scheduler=false",
 }
-VARIANTS = ["DT-loop", "DT-vmap", "DT-scan", "DT-low", "backprop"]
+VARIANTS = ["DT-loop", "DT-vmap", "DT-scan", "DT-blockwise", "DT-low", "backprop"]
 COLUMNS = [
     ("flags", "XLA flags"),
     ("variant", "variant"),
@@ -77,6 +79,9 @@ def run_child(flag_name: str, args, out_dir: Path) -> dict:
         str(args.seed),
         "--threefry-partitionable",
         args.threefry_partitionable,
+        # The flags come from XLA_FLAGS alone: no per-step compiler options from the library.
+        "--compiler-options",
+        "none",
     ]
     if args.quick:
         command.append("--quick")

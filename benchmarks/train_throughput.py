@@ -4,9 +4,11 @@ Question: how fast does one training step run (images/s), how long does it take 
 how much memory does the compiled step need, and how close does it come to the machine's
 practical FLOP/s ceiling (a dense float32 matmul measured in the same run)?
 
-Rows: NoProp-DT (the model's default strategy, `make_step`), NoProp-DT with the low-memory
-step (`make_dt_step(memory="low")`), NoProp-CT, NoProp-FM and the backprop baseline on the same
-blocks, for each network (the paper's MNIST and CIFAR networks, SimpleCNN) and batch size.
+Rows: NoProp-DT with one value-and-grad of the whole loss (`make_step`, the model's default
+strategy), with unrolled per-block gradients (`make_dt_step(memory="blockwise")`, what the
+training CLI uses) and with the low-memory step (`make_dt_step(memory="low")`); NoProp-CT,
+NoProp-FM and the backprop baseline on the same blocks; for each network (the paper's MNIST and
+CIFAR networks, SimpleCNN), batch size and `--compiler-options` setting.
 
 For each row the script: builds the step; lowers it and reads the FLOPs from XLA's cost analysis
 of the unoptimised HLO (for DT with the unrolled "loop" formulation, because XLA counts a
@@ -36,7 +38,7 @@ NETWORKS = {
     "simple": ("simple", (1, 28, 28), 10),
     "tiny": ("simple", (1, 12, 12), 10),  # --quick only
 }
-VARIANTS = ("DT", "DT-low", "CT", "FM", "backprop")
+VARIANTS = ("DT", "DT-blockwise", "DT-low", "CT", "FM", "backprop")
 # DT with a fixed strategy (benchmarks/dt_strategies.py compares them).
 DT_STRATEGY_VARIANTS = ("DT-loop", "DT-vmap", "DT-scan")
 
@@ -67,7 +69,7 @@ def build(
     """(model, loss_fn or None, step, flops_model): the model, its step, and the model whose
     lowered step gives the FLOPs (DT: the unrolled "loop" strategy)."""
     backbone, shape, classes = NETWORKS[network]
-    if variant in ("DT", "DT-low", *DT_STRATEGY_VARIANTS):
+    if variant in ("DT", "DT-blockwise", "DT-low", *DT_STRATEGY_VARIANTS):
         if variant in DT_STRATEGY_VARIANTS:
             strategy = variant.removeprefix("DT-")
         kwargs = {} if strategy is None else {"strategy": strategy}
@@ -75,8 +77,9 @@ def build(
             classes, shape, num_blocks=num_blocks, backbone=backbone, key=key, **kwargs
         )
         optimizer = npx.paper_optimizer(model)
-        if variant == "DT-low":
-            step = npx.make_dt_step(optimizer, memory="low", compiler_options=compiler_options)
+        if variant in ("DT-low", "DT-blockwise"):
+            memory = variant.removeprefix("DT-")
+            step = npx.make_dt_step(optimizer, memory=memory, compiler_options=compiler_options)
         else:
             step = npx.make_step(npx.NoPropDT.loss_fn, optimizer, compiler_options=compiler_options)
         flops_model = _common.with_strategy(model, "loop")
@@ -172,7 +175,7 @@ def run_row(variant, network, batch_size, args, matmul_flops_per_s, copts="auto"
         "num_blocks": args.num_blocks
         if variant.startswith("DT") or variant == "backprop"
         else None,
-        "strategy": model.strategy if variant.startswith("DT") and variant != "DT-low" else None,
+        "strategy": model.strategy if variant.startswith("DT") and variant == "DT" else None,
         "images_per_s": batch_size / median,
         "ms_per_step": median * 1e3,
         "ms_spread": f"{stats['min'] * 1e3:.0f}–{stats['max'] * 1e3:.0f}",
@@ -212,7 +215,7 @@ def ratios(rows: list[dict]) -> list[dict]:
         if variant != "backprop":
             continue
         entry = {"network": network, "batch": batch, "compiler_options": copts}
-        for dt in ("DT", "DT-low", *DT_STRATEGY_VARIANTS):
+        for dt in ("DT", "DT-blockwise", "DT-low", *DT_STRATEGY_VARIANTS):
             r = by.get((dt, network, batch, copts))
             if r is None:
                 continue

@@ -17,7 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 SCRIPTS = {
-    "train_throughput.py": ["--variants", "DT", "DT-low", "backprop"],
+    "train_throughput.py": ["--variants", "DT", "DT-blockwise", "DT-low", "backprop"],
     # One child process (the non-default flags) keeps the test short.
     "dt_strategies.py": ["--variants", "DT-loop", "--flag-sets", "ynn-off"],
     "inference.py": ["--variants", "DT", "FM"],
@@ -78,7 +78,7 @@ def test_train_throughput(runs):
     _, tmp_path = finish(runs, "train_throughput.py")
     payload = load(tmp_path, "train_throughput")
     rows = {row["variant"]: row for row in payload["rows"]}
-    assert set(rows) == {"DT", "DT-low", "backprop"}
+    assert set(rows) == {"DT", "DT-blockwise", "DT-low", "backprop"}
     for row in rows.values():
         check_timing(row["seconds"])
         assert row["images_per_s"] > 0 and row["compile_s"] > 0
