@@ -7,6 +7,7 @@ the recorded inference runs, with the deterministic (ε = 0, z_0 = 0) accuracy b
 
     python benchmarks/mnist_results.py
     python benchmarks/mnist_results.py --write benchmarks/results/mnist.md
+    python benchmarks/mnist_results.py --full-data   # all 60k training / 10k test images only
 """
 
 import argparse
@@ -70,7 +71,7 @@ def table(records: list[dict]) -> str:
                     r["embedding"],
                     r["model"],
                     f"{train} / {test}",
-                    str(r["epochs"]),
+                    str(r["epochs"]) + (" (cosine lr)" if r.get("lr_schedule") == "cosine" else ""),
                     accuracy_cell(r),
                     _pct(r.get("accuracy_deterministic")),
                     f"{_pct(r['best_accuracy'])} ({r.get('best_epoch', '?')})",
@@ -91,12 +92,21 @@ def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=RESULTS, help=f"default {RESULTS}")
     p.add_argument("--write", type=Path, default=None, help="also write the table here")
+    p.add_argument(
+        "--full-data",
+        action="store_true",
+        help="only runs on the full training and test sets (no --limit-train/--limit-test)",
+    )
     args = p.parse_args(argv)
     if not args.results.is_file():
         raise SystemExit(f"no results file at {args.results}; run noprop-eqx train --results ...")
     records = json.loads(args.results.read_text())
     if not isinstance(records, list):
         raise SystemExit(f"expected {args.results} to hold a JSON list of run records")
+    if args.full_data:
+        records = [
+            r for r in records if r.get("limit_train") is None and r.get("limit_test") is None
+        ]
     text = table(records)
     print(text, end="")
     if args.write is not None:
