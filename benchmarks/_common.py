@@ -13,7 +13,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -81,18 +80,9 @@ def cpu_model() -> str | None:
 
 
 def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    from noprop_eqx.__main__ import git_commit as commit_at
+
+    return commit_at(REPO_ROOT, short=False)
 
 
 def environment() -> dict[str, Any]:

@@ -20,7 +20,6 @@ Euler at <= 50 NFE?
 import argparse
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -31,23 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import noprop_eqx as npx
+from noprop_eqx.__main__ import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    return git_commit(REPO)
 
 
 def settings(euler: list[int], heun: list[int], tolerances: list[float]) -> list[dict]:

@@ -212,11 +212,13 @@ def _device() -> str:
     return f"{d.device_kind} ({d.platform})"
 
 
-def git_commit() -> str | None:
+def git_commit(cwd: Path | None = None, *, short: bool = True) -> str | None:
+    """The commit checked out at `cwd` (default: this package's folder), or None outside git.
+    Also used by the benchmark scripts."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
+            ["git", "rev-parse", *(["--short"] if short else []), "HEAD"],
+            cwd=Path(__file__).resolve().parent if cwd is None else cwd,
             capture_output=True,
             text=True,
             timeout=10,

@@ -20,16 +20,17 @@ def test_paper_block_matches_the_papers_parameter_count(getkey):
     assert _count(cifar) - 2 * 1408 == pytest.approx(1.22e6, rel=0.01)
 
 
-@pytest.mark.parametrize(
-    "net, t",
-    [
-        (lambda k: PaperDTBlock(10, 20, (1, 28, 28), key=k), None),
-        (lambda k: PaperCTNet(10, 20, (1, 28, 28), key=k), 0.5),
-        (lambda k: SimpleCNN(10, 0, embed_dim=20, image_shape=(1, 28, 28), key=k), None),
-        (lambda k: SimpleCNN(10, 32, embed_dim=20, image_shape=(3, 32, 32), key=k), 0.5),
-        (lambda k: ResNetWrapper(10, 18, 8, 16, embed_dim=20, key=k), 0.5),
-    ],
-)
+# Every backbone, as (constructor, t): t is None for a DT block, a time for CT/FM networks.
+BACKBONES = [
+    (lambda k: PaperDTBlock(10, 20, (1, 28, 28), key=k), None),
+    (lambda k: PaperCTNet(10, 20, (1, 28, 28), key=k), 0.5),
+    (lambda k: SimpleCNN(10, 0, embed_dim=20, image_shape=(1, 28, 28), key=k), None),
+    (lambda k: SimpleCNN(10, 32, embed_dim=20, image_shape=(3, 32, 32), key=k), 0.5),
+    (lambda k: ResNetWrapper(10, 18, 8, 16, embed_dim=20, key=k), 0.5),
+]
+
+
+@pytest.mark.parametrize("net, t", BACKBONES)
 def test_backbones_give_logits_and_dropout_only_with_a_key(getkey, net, t):
     net = net(getkey())
     c, h, w = net.image_shape
@@ -56,16 +57,7 @@ def test_resnet_depths(getkey):
     assert 23.5e6 < _count(r50) < 24.5e6
 
 
-@pytest.mark.parametrize(
-    "net, t",
-    [
-        (lambda k: PaperDTBlock(10, 20, (1, 28, 28), key=k), None),
-        (lambda k: PaperCTNet(10, 20, (1, 28, 28), key=k), 0.3),
-        (lambda k: SimpleCNN(10, 0, embed_dim=20, image_shape=(1, 28, 28), key=k), None),
-        (lambda k: SimpleCNN(10, 32, embed_dim=20, image_shape=(3, 32, 32), key=k), 0.3),
-        (lambda k: ResNetWrapper(10, 18, 8, 16, embed_dim=20, key=k), 0.3),
-    ],
-)
+@pytest.mark.parametrize("net, t", [(net, None if t is None else 0.3) for net, t in BACKBONES])
 def test_encode_then_decode_equals_the_network(getkey, net, t):
     # The inference split used by the CT/FM solvers: net(z, x, t) == decode(z, encode(x), t).
     net = net(getkey())
