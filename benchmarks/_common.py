@@ -223,20 +223,22 @@ def peak_rss_mb() -> float:
     return kib / 1024 if sys.platform != "darwin" else kib / 2**20
 
 
-def matmul_flops_per_second(size: int, repeats: int) -> dict[str, float]:
-    """The practical ceiling: a dense float32 `jnp.dot` of two size×size matrices."""
+def matmul_flops_per_second(size: int, repeats: int, dtype: str = "float32") -> dict[str, Any]:
+    """The practical ceiling: a dense `jnp.dot` of two size×size matrices of `dtype` (float32
+    by default, at JAX's default precision)."""
     import jax
     import jax.numpy as jnp
     import jax.random as jr
 
-    a = jr.normal(jr.key(0), (size, size), jnp.float32)
-    b = jr.normal(jr.key(1), (size, size), jnp.float32)
+    a = jr.normal(jr.key(0), (size, size), dtype)
+    b = jr.normal(jr.key(1), (size, size), dtype)
     dot = jax.jit(jnp.dot)
     times = time_calls(lambda i: dot(a, b), repeats, warmup=1)
     flops = 2.0 * size**3
     stats = summarize(times)
     return {
         "size": size,
+        "dtype": dtype,
         "flops": flops,
         "seconds": stats,
         "flops_per_second": flops / stats["median"],
@@ -270,9 +272,12 @@ def write_results(
     rows: list[dict[str, Any]],
     columns: Sequence[tuple[str, str]],
     extra: dict[str, Any] | None = None,
+    *,
+    quiet: bool = False,
 ) -> Path:
     """Writes `<out_dir>/<name>[-<tag>].json` (environment, flags, rows, extra) and the
-    markdown table beside it; prints the table; returns the JSON path."""
+    markdown table beside it; prints the table unless `quiet`; returns the JSON path.
+    Scripts call it `quiet`ly after every row too, so a run cut short keeps its rows."""
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = name if not args.tag else f"{name}-{args.tag}"
@@ -296,8 +301,9 @@ def write_results(
         f"1-min load average at the end {env['load_average_1m']}.\n\n"
     )
     (out_dir / f"{stem}.md").write_text(header + table + "\n")
-    print(table)
-    print(f"\nwrote {json_path}")
+    if not quiet:
+        print(table)
+        print(f"\nwrote {json_path}")
     return json_path
 
 
@@ -367,6 +373,6 @@ def library_jit(fun):
     `evaluate_accuracy` compile), so benchmarked code is compiled the way users get it."""
     import equinox as eqx
 
-    import noprop_eqx as npx
+    from noprop_eqx._xla import jit_options
 
-    return eqx.filter_jit(fun, compiler_options=npx.default_compiler_options() or None)
+    return eqx.filter_jit(fun, **jit_options("auto"))

@@ -126,34 +126,42 @@ if torch is not None:
             return ce + kl + 0.5 * self.num_blocks * self.eta * torch.stack(denoise).mean()
 
 
-def time_torch(fn, repeats: int, warmup: int) -> dict:
-    for _ in range(warmup):
+def time_torch(fn, repeats: int, warmup: int, device: str = "cpu") -> dict:
+    """Median and spread of `fn()`'s wall time; on CUDA each call is waited for."""
+
+    def call():
         fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        call()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()
+        call()
         times.append(time.perf_counter() - start)
     return _common.summarize(times)
 
 
 def torch_rows(network, batch_size, args, alpha_bar) -> list[dict]:
     shape, classes = NETWORKS[network]
+    device = args.torch_device
     torch.manual_seed(args.seed)
-    x = torch.randn(batch_size, *shape)
-    y = torch.randint(0, classes, (batch_size,))
+    x = torch.randn(batch_size, *shape, device=device)
+    y = torch.randint(0, classes, (batch_size,), device=device)
     rows = []
 
-    block = TorchDTBlock(classes, classes, shape).train()
-    z = torch.randn(batch_size, classes)
+    block = TorchDTBlock(classes, classes, shape).to(device).train()
+    z = torch.randn(batch_size, classes, device=device)
 
     def block_step():
         block.zero_grad(set_to_none=True)
         (block(z, x) ** 2).sum().backward()
 
-    rows.append(("block", time_torch(block_step, args.repeats, args.warmup)))
+    rows.append(("block", time_torch(block_step, args.repeats, args.warmup, device)))
 
-    model = TorchNoPropDT(classes, shape, args.num_blocks, alpha_bar).train()
+    model = TorchNoPropDT(classes, shape, args.num_blocks, alpha_bar).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer.zero_grad(set_to_none=True)
@@ -170,11 +178,11 @@ def torch_rows(network, batch_size, args, alpha_bar) -> list[dict]:
         model.loss(x, y).backward()
         optimizer.step()
 
-    rows.append(("DT step", time_torch(dt_step, args.repeats, args.warmup)))
+    rows.append(("DT step", time_torch(dt_step, args.repeats, args.warmup, device)))
     return [
         {
             "what": what,
-            "framework": f"PyTorch {torch.__version__}",
+            "framework": f"PyTorch {torch.__version__} ({device})",
             "network": network,
             "batch": batch_size,
             "images_per_s": batch_size / stats["median"],
@@ -192,6 +200,7 @@ def jax_rows(network, batch_size, args, matmul_flops_per_s) -> list[dict]:
     import jax.random as jr
     import train_throughput
 
+    from noprop_eqx._xla import jit_options
     from noprop_eqx.models import PaperDTBlock
 
     shape, classes = NETWORKS[network]
@@ -201,10 +210,8 @@ def jax_rows(network, batch_size, args, matmul_flops_per_s) -> list[dict]:
     x = jr.normal(key, (batch_size, *shape))
     z = jr.normal(jr.fold_in(key, 1), (batch_size, classes))
 
-    import noprop_eqx as npx
-
     # The library's per-backend compiler options, as `make_step` uses them.
-    @functools.partial(eqx.filter_jit, compiler_options=npx.default_compiler_options() or None)
+    @functools.partial(eqx.filter_jit, **jit_options("auto"))
     def block_grad(block, z, x, key):
         def loss(block):
             keys = jr.split(key, batch_size)
@@ -254,11 +261,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128])
     parser.add_argument("--num-blocks", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="default: usable cores")
+    parser.add_argument(
+        "--torch-device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="auto: cuda when JAX runs on a GPU and PyTorch sees one, else cpu",
+    )
     args = parser.parse_args(argv)
     _common.apply_jax_options(args)
     if torch is None:
         print("torch_reference: PyTorch is not installed (pip install 'noprop-eqx[torch]'); skip")
         return {"skipped": "torch not installed"}
+    if args.torch_device == "auto":
+        import jax
+
+        on_gpu = jax.default_backend() == "gpu" and torch.cuda.is_available()
+        args.torch_device = "cuda" if on_gpu else "cpu"
     if args.quick:
         args.networks, args.batch_sizes, args.num_blocks = ["small"], [8], 1
         args.repeats = args.repeats or 2
@@ -281,7 +299,12 @@ def main(argv=None) -> dict:
             for j, t in zip(j_rows, t_rows, strict=True):
                 j["jax_over_torch_throughput"] = j["images_per_s"] / t["images_per_s"]
             rows += t_rows + j_rows
-    extra = {"threads": threads, "torch_version": torch.__version__, "matmul": matmul}
+    extra = {
+        "threads": threads,
+        "torch_version": torch.__version__,
+        "torch_device": args.torch_device,
+        "matmul": matmul,
+    }
     _common.write_results("torch_reference", args, rows, COLUMNS, extra=extra)
     return {"rows": rows}
 

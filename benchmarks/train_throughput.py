@@ -44,10 +44,13 @@ DT_STRATEGY_VARIANTS = ("DT-loop", "DT-vmap", "DT-scan")
 
 # --compiler-options: the library's per-backend choice, or XLA's defaults.
 COMPILER_OPTIONS = {"auto": "auto", "none": None}
+# --compute-dtypes: float32, or mixed precision (float32 master weights, bf16 compute).
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 COLUMNS = [
     ("variant", "variant"),
     ("compiler_options", "compiler options"),
+    ("compute_dtype", "compute"),
     ("network", "network"),
     ("batch", "batch"),
     ("images_per_s", "images/s"),
@@ -64,7 +67,13 @@ COLUMNS = [
 
 
 def build(
-    variant: str, network: str, num_blocks: int, strategy: str | None, key, compiler_options="auto"
+    variant: str,
+    network: str,
+    num_blocks: int,
+    strategy: str | None,
+    key,
+    compiler_options="auto",
+    compute_dtype=None,
 ):
     """(model, loss_fn or None, step, flops_model): the model, its step, and the model whose
     lowered step gives the FLOPs (DT: the unrolled "loop" strategy)."""
@@ -79,9 +88,19 @@ def build(
         optimizer = npx.paper_optimizer(model)
         if variant in ("DT-low", "DT-blockwise"):
             memory = variant.removeprefix("DT-")
-            step = npx.make_dt_step(optimizer, memory=memory, compiler_options=compiler_options)
+            step = npx.make_dt_step(
+                optimizer,
+                memory=memory,
+                compute_dtype=compute_dtype,
+                compiler_options=compiler_options,
+            )
         else:
-            step = npx.make_step(npx.NoPropDT.loss_fn, optimizer, compiler_options=compiler_options)
+            step = npx.make_step(
+                npx.NoPropDT.loss_fn,
+                optimizer,
+                compute_dtype=compute_dtype,
+                compiler_options=compiler_options,
+            )
         flops_model = _common.with_strategy(model, "loop")
         flops_step = npx.make_step(npx.NoPropDT.loss_fn, optimizer)
     elif variant == "backprop":
@@ -90,14 +109,19 @@ def build(
         )
         optimizer = npx.paper_optimizer(model)
         step = flops_step = npx.make_step(
-            npx.BackpropBaseline.loss_fn, optimizer, compiler_options=compiler_options
+            npx.BackpropBaseline.loss_fn,
+            optimizer,
+            compute_dtype=compute_dtype,
+            compiler_options=compiler_options,
         )
         flops_model = model
     else:
         cls = {"CT": npx.NoPropCT, "FM": npx.NoPropFM}[variant]
         model = cls(classes, shape, backbone=backbone, key=key)
         optimizer = npx.paper_optimizer(model)
-        step = flops_step = npx.make_step(cls.loss_fn, optimizer, compiler_options=compiler_options)
+        step = flops_step = npx.make_step(
+            cls.loss_fn, optimizer, compute_dtype=compute_dtype, compiler_options=compiler_options
+        )
         flops_model = model
     return model, optimizer, step, (flops_model, flops_step)
 
@@ -114,7 +138,9 @@ def lowered_flops(flops_model, flops_step, optimizer, batch, key) -> float | Non
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
-def run_row(variant, network, batch_size, args, matmul_flops_per_s, copts="auto") -> dict:
+def run_row(
+    variant, network, batch_size, args, matmul_flops_per_s, copts="auto", dtype="float32"
+) -> dict:
     key = jr.key(args.seed)
     k_model, k_data, k_steps = jr.split(key, 3)
     model, optimizer, step, (flops_model, flops_step) = build(
@@ -124,6 +150,7 @@ def run_row(variant, network, batch_size, args, matmul_flops_per_s, copts="auto"
         args.strategy,
         k_model,
         compiler_options=COMPILER_OPTIONS[copts],
+        compute_dtype=COMPUTE_DTYPES[dtype],
     )
     model, weak_leaves = _common.strengthen_weak_types(model)
     _, shape, classes = NETWORKS[network]
@@ -184,6 +211,7 @@ def run_row(variant, network, batch_size, args, matmul_flops_per_s, copts="auto"
         "compiles_on_first_call": first_call.count,
         "weak_typed_leaves_made_strong": weak_leaves,
         "compiler_options": copts,
+        "compute_dtype": dtype,
         "compiler_options_resolved": npx.default_compiler_options() if copts == "auto" else {},
         "memory_bytes": memory,
         "temp_mb": None if memory["temp_bytes"] is None else memory["temp_bytes"] * mb,
@@ -197,7 +225,7 @@ def run_row(variant, network, batch_size, args, matmul_flops_per_s, copts="auto"
         "peak_rss_mb": _common.peak_rss_mb(),
     }
     print(
-        f"{variant:9s} {network:7s} batch {batch_size:5d} options {copts}: "
+        f"{variant:9s} {network:7s} batch {batch_size:5d} options {copts} {dtype}: "
         f"{row['images_per_s']:9.1f} images/s, "
         f"{row['ms_per_step']:9.1f} ms/step [{row['ms_spread']}], compile {compile_s:6.1f} s, "
         f"temp {row['temp_mb'] or 0:8.1f} MB",
@@ -210,13 +238,21 @@ def ratios(rows: list[dict]) -> list[dict]:
     """DT / backprop step time and DT-low / backprop temp memory, per network, batch and
     compiler options; and each row's speed-up from the library's compiler options."""
     out = []
-    by = {(r["variant"], r["network"], r["batch"], r["compiler_options"]): r for r in rows}
-    for (variant, network, batch, copts), bp in by.items():
+    by = {
+        (r["variant"], r["network"], r["batch"], r["compiler_options"], r["compute_dtype"]): r
+        for r in rows
+    }
+    for (variant, network, batch, copts, dtype), bp in by.items():
         if variant != "backprop":
             continue
-        entry = {"network": network, "batch": batch, "compiler_options": copts}
+        entry = {
+            "network": network,
+            "batch": batch,
+            "compiler_options": copts,
+            "compute_dtype": dtype,
+        }
         for dt in ("DT", "DT-blockwise", "DT-low", *DT_STRATEGY_VARIANTS):
-            r = by.get((dt, network, batch, copts))
+            r = by.get((dt, network, batch, copts, dtype))
             if r is None:
                 continue
             entry[f"{dt}_time_over_backprop"] = r["ms_per_step"] / bp["ms_per_step"]
@@ -224,15 +260,26 @@ def ratios(rows: list[dict]) -> list[dict]:
             if t_dt is not None and t_bp:
                 entry[f"{dt}_temp_over_backprop"] = t_dt / t_bp
         out.append(entry)
-    for (variant, network, batch, copts), r in by.items():
-        default = by.get((variant, network, batch, "none"))
+    for (variant, network, batch, copts, dtype), r in by.items():
+        default = by.get((variant, network, batch, "none", dtype))
         if copts == "auto" and default is not None:
             out.append(
                 {
                     "network": network,
                     "batch": batch,
+                    "compute_dtype": dtype,
                     f"{variant}_speedup_from_compiler_options": default["ms_per_step"]
                     / r["ms_per_step"],
+                }
+            )
+        full = by.get((variant, network, batch, copts, "float32"))
+        if dtype != "float32" and full is not None:
+            out.append(
+                {
+                    "network": network,
+                    "batch": batch,
+                    "compiler_options": copts,
+                    f"{variant}_speedup_from_{dtype}": full["ms_per_step"] / r["ms_per_step"],
                 }
             )
     return out
@@ -258,6 +305,13 @@ def main(argv=None) -> dict:
         help="auto: the library's per-backend options (make_step's default); none: XLA's "
         "defaults. Give both to measure the difference in one run.",
     )
+    parser.add_argument(
+        "--compute-dtypes",
+        nargs="+",
+        choices=list(COMPUTE_DTYPES),
+        default=["float32"],
+        help="bfloat16: mixed precision (make_step(compute_dtype=jnp.bfloat16))",
+    )
     args = parser.parse_args(argv)
     _common.apply_jax_options(args)
     if args.quick:
@@ -266,21 +320,43 @@ def main(argv=None) -> dict:
     args.repeats = args.repeats or 5
 
     matmul_before = _common.matmul_flops_per_second(args.matmul_size, max(3, args.repeats))
+    # Each row's FLOP/s is compared with a matmul of its own compute dtype.
+    ceilings = {"float32": matmul_before["flops_per_second"]}
+    matmul_extra = {}
+    for dtype in args.compute_dtypes:
+        if dtype not in ceilings:
+            matmul_extra[dtype] = _common.matmul_flops_per_second(
+                args.matmul_size, max(3, args.repeats), dtype
+            )
+            ceilings[dtype] = matmul_extra[dtype]["flops_per_second"]
     rows = []
     for network in args.networks:
         for batch_size in args.batch_sizes:
             for copts in args.compiler_options:
-                for variant in args.variants:
-                    rows.append(
-                        run_row(
-                            variant,
-                            network,
-                            batch_size,
-                            args,
-                            matmul_before["flops_per_second"],
-                            copts,
+                for dtype in args.compute_dtypes:
+                    for variant in args.variants:
+                        rows.append(
+                            run_row(
+                                variant,
+                                network,
+                                batch_size,
+                                args,
+                                ceilings[dtype],
+                                copts,
+                                dtype,
+                            )
                         )
-                    )
+                        _common.write_results(  # kept if a later row is cut short
+                            "train_throughput",
+                            args,
+                            rows,
+                            COLUMNS,
+                            extra={
+                                "matmul": {"before": matmul_before, **matmul_extra},
+                                "ratios": ratios(rows),
+                            },
+                            quiet=True,
+                        )
     matmul_after = _common.matmul_flops_per_second(args.matmul_size, max(3, args.repeats))
     summary = ratios(rows)
     for entry in summary:
@@ -290,7 +366,10 @@ def main(argv=None) -> dict:
         args,
         rows,
         COLUMNS,
-        extra={"matmul": {"before": matmul_before, "after": matmul_after}, "ratios": summary},
+        extra={
+            "matmul": {"before": matmul_before, "after": matmul_after, **matmul_extra},
+            "ratios": summary,
+        },
     )
     return {"rows": rows, "ratios": summary}
 

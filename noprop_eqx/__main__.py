@@ -153,6 +153,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         default=10,
         help="T, the number of DT/BP blocks (default 10, paper)",
     )
+    p.add_argument(
+        "--compute-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="training compute dtype; bfloat16 = mixed precision (float32 master weights and "
+        "optimiser state, bf16 convolutions and dense layers); evaluation runs in float32",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
     p.add_argument(
@@ -258,18 +265,22 @@ def _format_terms(terms: dict) -> str:
 _STEPS: dict = {}
 
 
-def _optimizer_and_step(model, lr: float, weight_decay: float, decay_steps: int | None):
+def _optimizer_and_step(
+    model, lr: float, weight_decay: float, decay_steps: int | None, compute_dtype: str = "float32"
+):
     """The paper optimiser and its compiled step, made once per (model class, lr, weight decay,
-    cosine decay steps or None for a constant rate) in this process, so that repeated runs in
-    one process (tests, resumes) reuse compilations. Both are pure functions of those values."""
-    cache_key = (type(model), lr, weight_decay, decay_steps)
+    cosine decay steps or None for a constant rate, compute dtype) in this process, so that
+    repeated runs in one process (tests, resumes) reuse compilations. Both are pure functions of
+    those values."""
+    cache_key = (type(model), lr, weight_decay, decay_steps, compute_dtype)
     if cache_key not in _STEPS:
         learning_rate = lr if decay_steps is None else optax.cosine_decay_schedule(lr, decay_steps)
         optimizer = paper_optimizer(model, learning_rate=learning_rate, weight_decay=weight_decay)
+        dtype = None if compute_dtype == "float32" else jnp.dtype(compute_dtype)
         if isinstance(model, NoPropDT):  # per-block gradients, unrolled: the fastest DT step
-            step = make_dt_step(optimizer, memory="blockwise")
+            step = make_dt_step(optimizer, memory="blockwise", compute_dtype=dtype)
         else:
-            step = make_step(type(model).loss_fn, optimizer)
+            step = make_step(type(model).loss_fn, optimizer, compute_dtype=dtype)
         _STEPS[cache_key] = (optimizer, step)
     return _STEPS[cache_key]
 
@@ -295,6 +306,7 @@ def train_variant(
         lr=args.lr,
         lr_schedule=args.lr_schedule,
         weight_decay=args.weight_decay,
+        compute_dtype=args.compute_dtype,
         seed=args.seed,
         limit_train=args.limit_train,
         limit_test=args.limit_test,
@@ -322,14 +334,17 @@ def train_variant(
         config["lr_decay_steps"] = decay_steps = args.epochs * data_lib.num_train_batches(
             len(ds.y_train), args.batch_size
         )
-    optimizer, step = _optimizer_and_step(model, args.lr, args.weight_decay, decay_steps)
+    optimizer, step = _optimizer_and_step(
+        model, args.lr, args.weight_decay, decay_steps, args.compute_dtype
+    )
     config["optimizer"] = "adamw" if variant in ("DT", "BP") else "adam"
     opt_state = init_optimizer_state(model, optimizer)
 
     start_epoch, history = 0, []
     if args.resume and ckpt_path.is_file():
         saved = json.loads((run_dir / "config.json").read_text())
-        keys = (*TRAJECTORY_KEYS, "lr_decay_steps")
+        saved.setdefault("compute_dtype", "float32")  # runs saved before the option existed
+        keys = (*TRAJECTORY_KEYS, "lr_decay_steps", "compute_dtype")
         diff = {k: (saved.get(k), config.get(k)) for k in keys if saved.get(k) != config.get(k)}
         if diff:
             raise SystemExit(
@@ -415,6 +430,7 @@ def train_variant(
         lr=args.lr,
         lr_schedule=args.lr_schedule,
         weight_decay=args.weight_decay,
+        compute_dtype=args.compute_dtype,
         limit_train=args.limit_train,
         limit_test=args.limit_test,
         test_size=len(y_test),

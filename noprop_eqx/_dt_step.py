@@ -11,7 +11,7 @@ which is the fastest DT step measured on CPU. Either way the result equals
 random draws for the same key.
 """
 
-from typing import Literal
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
@@ -28,7 +28,7 @@ from ._losses import (
     readout_cross_entropy,
     weighted_denoising_term,
 )
-from ._train import donating_step, make_step
+from ._train import cast_floating, check_compute_dtype, donating_step, make_step
 from ._xla import CompilerOptions
 from .noise_schedules import alpha_bar_grid
 
@@ -42,6 +42,7 @@ def dt_value_and_grad(
     key: PRNGKeyArray,
     *,
     unroll: int | bool = 1,
+    compute_dtype: Any = None,
 ) -> tuple[tuple[Float[Array, ""], dict[str, Array]], PyTree]:
     """`((loss, aux), grads)` of `NoPropDT.loss_fn(model, batch, key)` (Eq. 8), computed block by
     block:
@@ -52,7 +53,9 @@ def dt_value_and_grad(
     which is Eq. 8's (T/2) η mean_t[...] written as a sum. The first bracket (the "head") is
     differentiated once; each summand is differentiated inside a `lax.scan` over the blocks, so
     the peak memory holds the residuals of one block instead of T (`unroll` is passed to
-    `lax.scan`: True unrolls the T gradient computations into straight-line code). `grads` has
+    `lax.scan`: True unrolls the T gradient computations into straight-line code).
+    `compute_dtype` (e.g. `jnp.bfloat16`) computes every term as `mixed_precision` does: model
+    arrays and images cast on the way in, terms cast to float32 on the way out. `grads` has
     the structure of `eqx.filter(model, eqx.is_inexact_array)`; `aux` has the keys of
     `NoPropDT.loss_fn`'s.
 
@@ -67,6 +70,9 @@ def dt_value_and_grad(
     if not isinstance(model, NoPropDT):
         raise TypeError(f"expected a NoPropDT model, got {type(model).__name__}")
     x, y = check_batch(batch, model.image_shape, model.num_classes)
+    compute_dtype = check_compute_dtype(compute_dtype)
+    if compute_dtype is not None:
+        x = x.astype(compute_dtype)
     num_blocks, eta = model.num_blocks, model.eta
     k_z, k_drop = jr.split(key)
     keys_z = jr.split(k_z, num_blocks + 1)
@@ -78,18 +84,18 @@ def dt_value_and_grad(
 
     def head_term(diff):
         """CE(readout(z_T), y) + KL(q(z_0|y) ‖ N(0, I)), batch means."""
-        m = eqx.combine(diff, shared_static)
+        m = eqx.combine(cast_floating(diff, compute_dtype), shared_static)
         w_embed = m.embedding.matrix()
         u_y = w_embed[y]
         alpha_bar = alpha_bar_grid(m.schedule, num_blocks)
         z_last = _sample_q_batch(u_y, alpha_bar[num_blocks], keys_z[num_blocks])
         ce = jnp.mean(jax.vmap(readout_cross_entropy)(jax.vmap(m.readout)(z_last), y))
         kl = jnp.mean(jax.vmap(kl_to_standard_normal, (0, None))(u_y, alpha_bar[0]))
-        return ce + kl, (ce, kl)
+        return cast_floating((ce + kl, (ce, kl)), jnp.float32)
 
     def block_term(diff, t, key_z, keys_drop_t):
         """(η/2) mean_batch[(SNR(t) - SNR(t-1)) ‖û_θt(z_{t-1}, x) - u_y‖²] for one block."""
-        arrays_t, shared_diff_t = diff
+        arrays_t, shared_diff_t = cast_floating(diff, compute_dtype)
         m = eqx.combine(shared_diff_t, shared_static)
         block = eqx.combine(arrays_t, block_static)
         w_embed = m.embedding.matrix()
@@ -101,7 +107,7 @@ def dt_value_and_grad(
         u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
         weight = snr[t + 1] - snr[t]
         per_block = jnp.mean(jax.vmap(weighted_denoising_term, (0, 0, None))(u_hat, u_y, weight))
-        return 0.5 * eta * per_block, per_block
+        return cast_floating((0.5 * eta * per_block, per_block), jnp.float32)
 
     (head, (ce, kl)), shared_grads = eqx.filter_value_and_grad(head_term, has_aux=True)(shared_diff)
     block_grad_fn = eqx.filter_value_and_grad(block_term, has_aux=True)
@@ -128,6 +134,7 @@ def make_dt_step(
     optimizer: optax.GradientTransformation,
     *,
     memory: Memory = "blockwise",
+    compute_dtype: Any = None,
     compiler_options: CompilerOptions = "auto",
 ):
     """`step(model, opt_state, batch, key) -> (model, opt_state, aux)` for NoProp-DT, with the
@@ -142,16 +149,24 @@ def make_dt_step(
     - `memory="default"`: `make_step(NoPropDT.loss_fn, optimizer)`, one value-and-grad of the
       whole loss, running the blocks as the model's `strategy` says.
 
-    `compiler_options` as for `make_step`.
+    `compute_dtype` and `compiler_options` as for `make_step`.
     """
     if memory not in MEMORY_MODES:
         raise ValueError(f"expected memory to be one of {MEMORY_MODES}, got {memory!r}")
     if memory == "default":
-        return make_step(NoPropDT.loss_fn, optimizer, compiler_options=compiler_options)
+        return make_step(
+            NoPropDT.loss_fn,
+            optimizer,
+            compute_dtype=compute_dtype,
+            compiler_options=compiler_options,
+        )
     unroll = memory == "blockwise"
+    compute_dtype = check_compute_dtype(compute_dtype)
 
     def step(model, opt_state, batch, key):
-        (_, aux), grads = dt_value_and_grad(model, batch, key, unroll=unroll)
+        (_, aux), grads = dt_value_and_grad(
+            model, batch, key, unroll=unroll, compute_dtype=compute_dtype
+        )
         params = eqx.filter(model, eqx.is_inexact_array)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return eqx.apply_updates(model, updates), opt_state, aux

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from ._xla import CompilerOptions, resolve_compiler_options
+from ._xla import CompilerOptions, jit_options
 from .data import eval_batches
 
 LossFn = Callable[[PyTree, Any, PRNGKeyArray], tuple[Array, dict[str, Array]]]
@@ -21,6 +21,7 @@ def make_step(
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
     *,
+    compute_dtype: Any = None,
     compiler_options: CompilerOptions = "auto",
 ):
     """`step(model, opt_state, batch, key) -> (model, opt_state, aux)`: value-and-grad of
@@ -29,9 +30,65 @@ def make_step(
 
     The model and optimiser state passed in are donated (their buffers are reused for the
     results): use the returned ones. The batch and key are not donated.
+    `compute_dtype`: None (compute in the parameters' dtype, float32) or e.g. `jnp.bfloat16`
+    to run `loss_fn` under `mixed_precision` (float32 master parameters and optimiser state).
     `compiler_options`: "auto" (tuned per backend, see `noprop_eqx.default_compiler_options`),
     None (XLA's defaults) or a dict passed to `jax.jit`."""
+    if compute_dtype is not None:
+        loss_fn = mixed_precision(loss_fn, compute_dtype)
     return donating_step(_value_and_grad_step(loss_fn, optimizer), compiler_options)
+
+
+def check_compute_dtype(dtype: Any) -> Any:
+    """`dtype` as a JAX floating dtype (None stays None), or a clear error."""
+    if dtype is None:
+        return None
+    try:
+        dtype = jnp.dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"expected compute_dtype to be a floating dtype, got {dtype!r}") from error
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"expected compute_dtype to be a floating dtype, got {dtype}")
+    return dtype
+
+
+def cast_floating(tree: PyTree, dtype: Any) -> PyTree:
+    """`tree` with every floating-point array leaf cast to `dtype`; other leaves unchanged.
+    Differentiable: the gradient of a cast leaf comes back in the leaf's original dtype.
+    `dtype=None` returns `tree` unchanged."""
+    if dtype is None:
+        return tree
+
+    def cast(leaf):
+        if eqx.is_array(leaf) and jnp.issubdtype(leaf.dtype, jnp.floating):
+            return leaf.astype(dtype)
+        return leaf
+
+    return jax.tree.map(cast, tree)
+
+
+def mixed_precision(loss_fn: LossFn, compute_dtype: Any = jnp.bfloat16) -> LossFn:
+    """`loss_fn` computed in `compute_dtype`: the model's floating-point arrays and the batch's
+    images are cast to `compute_dtype` on the way in, the loss and its aux terms are cast back to
+    float32 on the way out. The gradient with respect to the (float32) model is float32, so the
+    optimiser keeps float32 master weights. Operations that mix a cast array with a float32 one
+    (fresh Gaussian noise, say) run in float32 under JAX's type promotion; the convolutions and
+    dense layers on the images, where the FLOPs are, run in `compute_dtype`.
+
+    Composes with any loss of the form `loss_fn(model, (images, labels), key) -> (loss, aux)`:
+
+        step = make_step(mixed_precision(NoPropDT.loss_fn, jnp.bfloat16), optimizer)
+    """
+    compute_dtype = check_compute_dtype(compute_dtype)
+
+    def loss(model, batch, key):
+        x, y = batch
+        value, aux = loss_fn(
+            cast_floating(model, compute_dtype), (jnp.asarray(x).astype(compute_dtype), y), key
+        )
+        return cast_floating((value, aux), jnp.float32)
+
+    return loss
 
 
 def _value_and_grad_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
@@ -56,14 +113,16 @@ class CompiledStep:
     """A training step `(model, opt_state, batch, key) -> (model, opt_state, aux)` compiled with
     `eqx.filter_jit`. The model and optimiser state are donated; the batch and key are not.
     `lower(...)` gives the `jax.stages.Lowered` step (for `.compile()`, cost and memory
-    analysis); `num_compilations()` counts the executables compiled so far."""
+    analysis); `num_compilations()` counts the executables compiled so far; `fn` is the
+    uncompiled step function."""
 
     def __init__(self, step, compiler_options: CompilerOptions = "auto"):
+        self.fn = step  # the uncompiled step, for composing (e.g. several steps in one scan)
         # filter_jit donates every argument but the first: the batch and key go first.
         self._jitted = eqx.filter_jit(
             lambda batch_and_key, model, opt_state: step(model, opt_state, *batch_and_key),
             donate="all-except-first",
-            compiler_options=resolve_compiler_options(compiler_options),
+            **jit_options(compiler_options),
         )
 
     def __call__(self, model, opt_state, batch, key):
@@ -107,7 +166,7 @@ def _count_correct(model, x, y, num_valid, predict_kwargs, key):
 @functools.cache
 def _compiled_count_correct():
     # Built on first use: the compiler options depend on the backend.
-    return eqx.filter_jit(_count_correct, compiler_options=resolve_compiler_options("auto"))
+    return eqx.filter_jit(_count_correct, **jit_options("auto"))
 
 
 def evaluate_accuracy(

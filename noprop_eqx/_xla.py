@@ -35,6 +35,14 @@ def resolve_compiler_options(options: CompilerOptions) -> dict[str, str] | None:
     return dict(options) if options else None
 
 
+def jit_options(options: CompilerOptions) -> dict[str, dict[str, str]]:
+    """Keyword arguments for `jax.jit`/`eqx.filter_jit`: `{"compiler_options": ...}` when
+    `options` resolves to any, else nothing (so no keyword reaches a JAX/Equinox version that
+    would not know it on backends that need none)."""
+    resolved = resolve_compiler_options(options)
+    return {"compiler_options": resolved} if resolved else {}
+
+
 @functools.cache
 def _accepted_cpu_options() -> tuple[tuple[str, str], ...]:
     try:

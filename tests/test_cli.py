@@ -221,3 +221,15 @@ def test_cosine_schedule_is_recorded_and_pinned_on_resume(tmp_path):
     # The decay length is fixed by --epochs: a longer resumed run would change the trajectory.
     with pytest.raises(SystemExit, match="lr_decay_steps 2 vs 4"):
         main([*argv, "--epochs", "2", "--resume"])
+
+
+def test_bfloat16_compute_is_recorded_and_pinned_on_resume(tmp_path):
+    argv = ["train", "--dataset", "digits", "--variants", "DT", *QUICK, "--limit-train", "128"]
+    argv += ["--limit-test", "64", "--out", str(tmp_path), "--inference-runs", "0"]
+    assert main([*argv, "--compute-dtype", "bfloat16"]) == 0
+    config = json.loads((tmp_path / "DT" / "config.json").read_text())
+    summary = json.loads((tmp_path / "DT" / "summary.json").read_text())
+    assert config["compute_dtype"] == summary["compute_dtype"] == "bfloat16"
+    assert 0.0 <= summary["final_accuracy"] <= 1.0
+    with pytest.raises(SystemExit, match="compute_dtype 'bfloat16' vs 'float32'"):
+        main([*argv, "--epochs", "2", "--resume"])
