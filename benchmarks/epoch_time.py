@@ -3,25 +3,28 @@ steps), and how much of it is the input pipeline and per-step dispatch.
 
 Modes:
 
-- `host`: the library's training loop, `noprop_eqx._loop.train_epoch`, exactly what
-  `noprop-eqx train` runs: a shuffled order, each batch sliced from host NumPy arrays, one
-  compiled call per step, the loss terms summed on the device.
-- `device`: the same compiled step with every batch already on the device: one call per step,
-  no host pipeline.
-- `scan`: the whole epoch as one compiled call, a `lax.scan` of the same step over the epoch's
-  batches stacked on the device (`CompiledStep.fn` is the uncompiled step).
+- `host`: the library's training loop, `noprop_eqx.train_epoch`, as `noprop-eqx train
+  --steps-per-call 1` runs it (the CPU default): a shuffled order, each batch sliced from host
+  NumPy arrays, one compiled call per step, the loss terms summed on the device.
+- `host-scan`: the same loop with `steps_per_call=K` (`--steps-per-call`, default a tenth of
+  the epoch, what `--steps-per-call auto` picks off CPU): K batches stacked on the host, K
+  steps per compiled call through `CompiledStep.scan`.
+- `device`: the compiled step with every batch already on the device: one call per step, no
+  host pipeline.
+- `scan`: the whole epoch as one `CompiledStep.scan` call over the epoch's batches stacked on
+  the device.
 
-Variants: `DT` (`make_dt_step(memory="blockwise")`, the CLI's DT step), `DT-vmap` and `DT-loop`
-(`make_step` with that `NoPropDT.strategy`), `DT-low` (`make_dt_step(memory="low")`), `BP` (the
-backprop baseline), `CT`, `FM`; the paper's MNIST networks, T = 10; `--compute-dtypes bfloat16`
-adds mixed-precision rows.
+Variants: `DT` (`make_dt_step()`, memory and strategy "auto": the CLI's DT step on this
+backend), `DT-blockwise` and `DT-low` (`make_dt_step(memory=...)`), `DT-vmap` and `DT-loop`
+(`make_step` with that `NoPropDT.strategy`), `BP` (the backprop baseline), `CT`, `FM`; the
+paper's MNIST networks, T = 10; `--compute-dtypes bfloat16` adds mixed-precision rows.
 
 Images are standard normal and labels uniform: the content does not change the time. Each
 (variant, dtype, mode) compiles and runs one warm-up epoch, then times `--repeats` epochs and
 reports the median; a second compilation during the timed epochs is an error. With fewer than
 60,000 `--num-images` (CPU), `epoch_s_60k` scales the measured time to 469 steps.
 
-    python benchmarks/epoch_time.py --variants DT BP --modes host device scan   # GPU
+    python benchmarks/epoch_time.py --variants DT BP                            # GPU
     python benchmarks/epoch_time.py --num-images 1280 --repeats 2               # CPU
     python benchmarks/epoch_time.py --quick
 """
@@ -30,18 +33,15 @@ import math
 import time
 
 import _common
-import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 import noprop_eqx as npx
 from noprop_eqx._loop import train_epoch
-from noprop_eqx._xla import jit_options
 
-VARIANTS = ("DT", "DT-vmap", "DT-loop", "DT-low", "BP", "CT", "FM")
-MODES = ("host", "device", "scan")
+VARIANTS = ("DT", "DT-blockwise", "DT-vmap", "DT-loop", "DT-low", "BP", "CT", "FM")
+MODES = ("host", "host-scan", "device", "scan")
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 PAPER_STEPS = math.ceil(60_000 / 128)
 
@@ -60,18 +60,20 @@ COLUMNS = [
 
 
 def build(variant: str, image_shape, num_classes: int, num_blocks: int, dtype, key):
-    """(model, compiled step) for one row."""
+    """(model, optimizer, compiled step) for one row."""
     if variant.startswith("DT"):
-        strategy = {"DT-vmap": "vmap", "DT-loop": "loop"}.get(variant)
-        kwargs = {} if strategy is None else {"strategy": strategy}
+        strategy = {"DT-vmap": "vmap", "DT-loop": "loop"}.get(variant, "auto")
         model = npx.NoPropDT(
-            num_classes, image_shape, num_blocks=num_blocks, backbone="paper", key=key, **kwargs
-        )
+            num_classes, image_shape, num_blocks=num_blocks, backbone="paper", key=key,
+            strategy=strategy,
+        )  # fmt: skip
         optimizer = npx.paper_optimizer(model)
-        if strategy is None:
-            memory = "low" if variant == "DT-low" else "blockwise"
-            return model, optimizer, npx.make_dt_step(optimizer, memory=memory, compute_dtype=dtype)
-        return model, optimizer, npx.make_step(npx.NoPropDT.loss_fn, optimizer, compute_dtype=dtype)
+        if variant in ("DT-vmap", "DT-loop"):
+            step = npx.make_step(npx.NoPropDT.loss_fn, optimizer, compute_dtype=dtype)
+        else:
+            memory = {"DT": "auto", "DT-blockwise": "blockwise", "DT-low": "low"}[variant]
+            step = npx.make_dt_step(optimizer, memory=memory, compute_dtype=dtype)
+        return model, optimizer, step
     if variant == "BP":
         model = npx.BackpropBaseline(
             num_classes, image_shape, num_blocks=num_blocks, backbone="paper", key=key
@@ -81,27 +83,6 @@ def build(variant: str, image_shape, num_classes: int, num_blocks: int, dtype, k
         model = cls(num_classes, image_shape, backbone="paper", key=key)
     optimizer = npx.paper_optimizer(model)
     return model, optimizer, npx.make_step(type(model).loss_fn, optimizer, compute_dtype=dtype)
-
-
-def scan_epoch(step):
-    """One compiled call that runs `step.fn` over stacked batches with `lax.scan`; returns
-    `(model, opt_state, losses)`. The model and optimiser state are donated."""
-
-    @eqx.filter_jit(donate="all-except-first", **jit_options("auto"))
-    def run(data, model, opt_state):
-        arrays, static = eqx.partition((model, opt_state), eqx.is_array)
-
-        def body(arrays, inputs):
-            m, o = eqx.combine(arrays, static)
-            xb, yb, k = inputs
-            m, o, aux = step.fn(m, o, (xb, yb), k)
-            return eqx.filter((m, o), eqx.is_array), aux["loss"]
-
-        arrays, losses = jax.lax.scan(body, arrays, data)
-        model, opt_state = eqx.combine(arrays, static)
-        return model, opt_state, losses
-
-    return run
 
 
 def epoch_batches(x, y, batch_size, key):
@@ -121,12 +102,14 @@ def run_row(variant, dtype_name, mode, x, y, args) -> dict:
     steps = npx.data.num_train_batches(len(x), args.batch_size)
     state = {"model": model, "opt_state": opt_state}
 
-    if mode == "host":
+    if mode in ("host", "host-scan"):
+        per_call = 1 if mode == "host" else args.steps_per_call or math.ceil(steps / 10)
 
         def epoch(e):
             state["model"], state["opt_state"], stats = train_epoch(
                 step, state["model"], state["opt_state"], x, y,
                 batch_size=args.batch_size, key=k_train, epoch=e, progress=False,
+                steps_per_call=per_call,
             )  # fmt: skip
             return stats["loss_terms"]["loss"]
 
@@ -146,14 +129,13 @@ def run_row(variant, dtype_name, mode, x, y, args) -> dict:
 
     else:
         xs, ys = epoch_batches(x, y, args.batch_size, jr.fold_in(k_train, 0))
-        data = (jnp.asarray(xs), jnp.asarray(ys), jr.split(k_train, steps))
-        run = scan_epoch(step)
+        batches, keys = (jnp.asarray(xs), jnp.asarray(ys)), jr.split(k_train, steps)
 
         def epoch(e):
-            state["model"], state["opt_state"], losses = run(
-                data, state["model"], state["opt_state"]
+            state["model"], state["opt_state"], aux = step.scan(
+                state["model"], state["opt_state"], batches, keys
             )
-            return float(jnp.mean(losses))
+            return float(jnp.mean(aux["loss"]))
 
     start = time.perf_counter()
     loss = epoch(1)  # compiles
@@ -203,6 +185,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-images", type=int, default=60_000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--num-blocks", type=int, default=10)
+    parser.add_argument(
+        "--steps-per-call", type=int, default=None, help="host-scan's K (default: steps / 10)"
+    )
     args = parser.parse_args(argv)
     _common.apply_jax_options(args)
     if args.quick:

@@ -8,8 +8,12 @@ from ._checkpoint import (
     save_checkpoint as save_checkpoint,
 )
 from ._ct import NoPropCT as NoPropCT
-from ._dt import NoPropDT as NoPropDT
-from ._dt_step import dt_value_and_grad as dt_value_and_grad, make_dt_step as make_dt_step
+from ._dt import NoPropDT as NoPropDT, default_dt_strategy as default_dt_strategy
+from ._dt_step import (
+    default_dt_memory as default_dt_memory,
+    dt_value_and_grad as dt_value_and_grad,
+    make_dt_step as make_dt_step,
+)
 from ._embeddings import (
     AbstractClassEmbedding as AbstractClassEmbedding,
     LearnedEmbedding as LearnedEmbedding,
@@ -19,6 +23,7 @@ from ._embeddings import (
 from ._fm import NoPropFM as NoPropFM
 from ._loop import (
     build_model as build_model,
+    default_steps_per_call as default_steps_per_call,
     epoch_keys as epoch_keys,
     stochastic_accuracy as stochastic_accuracy,
     train_epoch as train_epoch,
@@ -33,9 +38,12 @@ from ._losses import (
 )
 from ._solve import ODESolution as ODESolution, integrate as integrate
 from ._train import (
+    CompiledStep as CompiledStep,
+    cast_floating as cast_floating,
     evaluate_accuracy as evaluate_accuracy,
     init_optimizer_state as init_optimizer_state,
     make_step as make_step,
+    mixed_precision as mixed_precision,
     paper_optimizer as paper_optimizer,
 )
 from ._xla import (
@@ -49,6 +57,7 @@ __all__ = [
     "CPU_COMPILER_OPTIONS",
     "AbstractClassEmbedding",
     "BackpropBaseline",
+    "CompiledStep",
     "LearnedEmbedding",
     "NoPropCT",
     "NoPropDT",
@@ -57,8 +66,12 @@ __all__ = [
     "OneHotEmbedding",
     "PrototypeEmbedding",
     "build_model",
+    "cast_floating",
     "data",
     "default_compiler_options",
+    "default_dt_memory",
+    "default_dt_strategy",
+    "default_steps_per_call",
     "dt_value_and_grad",
     "epoch_keys",
     "evaluate_accuracy",
@@ -71,6 +84,7 @@ __all__ = [
     "load_run",
     "make_dt_step",
     "make_step",
+    "mixed_precision",
     "models",
     "noise_schedules",
     "paper_optimizer",

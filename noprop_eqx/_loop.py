@@ -185,11 +185,20 @@ def _scalar_means(totals: dict, count: int) -> dict[str, float | list[float]]:
     return out
 
 
-def _rate(i: int, batch_size: int, elapsed: float, first_step: float) -> float:
-    """Images per second after the first step (which may include compilation)."""
-    if i == 0:
-        return batch_size / max(elapsed, 1e-9)
-    return i * batch_size / max(elapsed - first_step, 1e-9)
+def _rate(steps: int, batch_size: int, elapsed: float, first: float, images: int) -> float:
+    """Images per second over the `steps` after the first call (which may include
+    compilation); over all `images` so far while there are none."""
+    if steps == 0:
+        return images / max(elapsed, 1e-9)
+    return steps * batch_size / max(elapsed - first, 1e-9)
+
+
+def default_steps_per_call(num_batches: int, backend: str | None = None) -> int:
+    """What `steps_per_call="auto"` means for an epoch of `num_batches` on `backend` (default:
+    JAX's default backend): 1 on CPU (convolutions inside a scan's loop body are slow on
+    XLA:CPU), elsewhere the epoch in about 10 scanned calls (the progress bar still moves)."""
+    backend = jax.default_backend() if backend is None else backend
+    return 1 if backend == "cpu" else max(1, math.ceil(num_batches / 10))
 
 
 def train_epoch(
@@ -205,44 +214,72 @@ def train_epoch(
     desc: str = "",
     stream: TextIO | None = None,
     progress: bool = True,
+    steps_per_call: int | str = 1,
 ) -> tuple[PyTree, PyTree, dict[str, Any]]:
     """One shuffled pass over `(x, y)` with `step(model, opt_state, batch, key)`.
 
     Keys come from `epoch_keys(key, epoch)`; batch i gets `fold_in(step_key, i)`.
+    `steps_per_call` > 1 runs that many steps per compiled call through `step.scan` (a
+    `CompiledStep` from `make_step`/`make_dt_step`): the same batches and keys, so the same
+    trajectory up to float rounding, without the per-step dispatch cost; a shorter last call
+    compiles once more. "auto": `default_steps_per_call`.
 
     **Returns:** `(model, opt_state, stats)` with `stats["loss_terms"]` the epoch means of every
     entry of the step's `aux` (vectors, such as DT's per-block loss, stay vectors),
     `stats["time"]` the wall time of the epoch, `stats["first_step_time"]` that of its first
-    step (which includes compilation in a fresh process) and `stats["images_per_s"]`, the
-    throughput of the other steps (of all steps when there is only one).
+    call (which includes compilation in a fresh process) and `stats["images_per_s"]`, the
+    throughput of the other calls (of all calls when there is only one).
     """
     k_shuffle, k_steps = epoch_keys(key, epoch)
     total = num_train_batches(len(x), batch_size)
+    if steps_per_call == "auto":
+        steps_per_call = default_steps_per_call(total)
+    if not (isinstance(steps_per_call, int) and steps_per_call >= 1):
+        raise ValueError(
+            f"expected steps_per_call a positive int or 'auto', got {steps_per_call!r}"
+        )
+    if steps_per_call > 1 and not hasattr(step, "scan"):
+        raise TypeError(
+            "steps_per_call > 1 needs a step with a .scan method (a CompiledStep from make_step "
+            f"or make_dt_step), got {type(step).__name__}"
+        )
     bar = ProgressBar(total, desc=desc, stream=stream) if progress else None
     totals: dict | None = None
     start = time.perf_counter()
-    first_step = 0.0
-    for i, batch in enumerate(train_batches(x, y, batch_size, key=k_shuffle)):
-        model, opt_state, aux = step(model, opt_state, batch, jr.fold_in(k_steps, i))
+    first_step, first_count = 0.0, 0
+    batches = train_batches(x, y, batch_size, key=k_shuffle)
+    done = 0
+    while done < total:
+        if steps_per_call == 1:
+            batch = next(batches)
+            model, opt_state, aux = step(model, opt_state, batch, jr.fold_in(k_steps, done))
+            count = 1
+        else:
+            chunk = [next(batches) for _ in range(min(steps_per_call, total - done))]
+            count = len(chunk)
+            stacked = (np.stack([b[0] for b in chunk]), np.stack([b[1] for b in chunk]))
+            keys = jax.vmap(jr.fold_in, (None, 0))(k_steps, jnp.arange(done, done + count))
+            model, opt_state, aux = step.scan(model, opt_state, stacked, keys)
+            aux = jax.tree.map(lambda a: jnp.sum(a, axis=0), aux)
         totals = aux if totals is None else jax.tree.map(jnp.add, totals, aux)
-        if i == 0:  # includes compilation in a fresh process: timed apart
+        done += count
+        if first_count == 0:  # includes compilation in a fresh process: timed apart
             jax.block_until_ready(totals)
-            first_step = time.perf_counter() - start
-        if bar is not None and bar.due(i + 1):  # only then wait for the device
+            first_step, first_count = time.perf_counter() - start, count
+        if bar is not None and bar.due(done):  # only then wait for the device
             elapsed = time.perf_counter() - start
-            running = float(totals["loss"]) / (i + 1)
-            bar.update(
-                i + 1,
-                loss=f"{running:.4f}",
-                **{"img/s": f"{_rate(i, batch_size, elapsed, first_step):.0f}"},
-            )
+            running = float(totals["loss"]) / done
+            rate = _rate(done - first_count, batch_size, elapsed, first_step, done * batch_size)
+            bar.update(done, loss=f"{running:.4f}", **{"img/s": f"{rate:.0f}"})
     if totals is None:
         raise ValueError("expected at least one training example, got none")
     totals = jax.device_get(totals)
     elapsed = time.perf_counter() - start
     if bar is not None:
         bar.close()
-    steady = (total - 1, elapsed - first_step) if total > 1 else (1, elapsed)
+    steady = (
+        (total - first_count, elapsed - first_step) if total > first_count else (total, elapsed)
+    )
     stats = dict(
         loss_terms=_scalar_means(totals, total),
         time=elapsed,

@@ -112,27 +112,71 @@ def donating_step(step, compiler_options: CompilerOptions = "auto") -> "Compiled
 class CompiledStep:
     """A training step `(model, opt_state, batch, key) -> (model, opt_state, aux)` compiled with
     `eqx.filter_jit`. The model and optimiser state are donated; the batch and key are not.
-    `lower(...)` gives the `jax.stages.Lowered` step (for `.compile()`, cost and memory
-    analysis); `num_compilations()` counts the executables compiled so far; `fn` is the
-    uncompiled step function."""
+
+    - `step(model, opt_state, batch, key)`: one step.
+    - `step.scan(model, opt_state, batches, keys)`: K steps in one compiled call, a `lax.scan`
+      of the same step over K stacked batches and K keys (see `scan`).
+    - `lower(...)` gives the `jax.stages.Lowered` step (for `.compile()`, cost and memory
+      analysis); `num_compilations()` counts the single-step executables compiled so far;
+      `fn` is the uncompiled step function.
+    """
 
     def __init__(self, step, compiler_options: CompilerOptions = "auto"):
         self.fn = step  # the uncompiled step, for composing (e.g. several steps in one scan)
+        self._jit_kwargs = jit_options(compiler_options)
         # filter_jit donates every argument but the first: the batch and key go first.
         self._jitted = eqx.filter_jit(
             lambda batch_and_key, model, opt_state: step(model, opt_state, *batch_and_key),
             donate="all-except-first",
-            **jit_options(compiler_options),
+            **self._jit_kwargs,
         )
+        self._scanned = None
 
     def __call__(self, model, opt_state, batch, key):
         return self._jitted((batch, key), model, opt_state)
+
+    def scan(self, model, opt_state, batches, keys):
+        """K training steps in one compiled call: step k sees batch k and key k, exactly as K
+        calls of `step` would (equal up to float rounding).
+
+        **Arguments:** `batches`: (images, labels) with a leading axis of K batches; `keys`: K
+        keys (a stacked key array). **Returns:** `(model, opt_state, aux)`, each aux entry
+        stacked along a leading axis of K.
+
+        On a GPU this removes the per-step dispatch cost: a paper-network NoProp-DT epoch on an
+        H200 took 1.12 s as one scan against 2.16 s as 469 calls with the batches already on
+        the device (`benchmarks/epoch_time.py`). On XLA:CPU convolutions inside the scan's loop
+        body run far slower: there, call the step once per batch. Each distinct K compiles once.
+        """
+        if self._scanned is None:
+            self._scanned = eqx.filter_jit(
+                _scan_steps(self.fn), donate="all-except-first", **self._jit_kwargs
+            )
+        return self._scanned((batches, keys), model, opt_state)
 
     def lower(self, model, opt_state, batch, key):
         return self._jitted.lower((batch, key), model, opt_state)
 
     def num_compilations(self) -> int:
         return self._jitted._cached._cache_size()
+
+
+def _scan_steps(step):
+    def run(batches_and_keys, model, opt_state):
+        (xs, ys), keys = batches_and_keys
+        arrays, static = eqx.partition((model, opt_state), eqx.is_array)
+
+        def body(arrays, inputs):
+            m, o = eqx.combine(arrays, static)
+            xb, yb, k = inputs
+            m, o, aux = step(m, o, (xb, yb), k)
+            return eqx.filter((m, o), eqx.is_array), aux
+
+        arrays, aux = jax.lax.scan(body, arrays, (xs, ys, keys))
+        model, opt_state = eqx.combine(arrays, static)
+        return model, opt_state, aux
+
+    return run
 
 
 def init_optimizer_state(model: PyTree, optimizer: optax.GradientTransformation) -> PyTree:

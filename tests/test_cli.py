@@ -233,3 +233,19 @@ def test_bfloat16_compute_is_recorded_and_pinned_on_resume(tmp_path):
     assert 0.0 <= summary["final_accuracy"] <= 1.0
     with pytest.raises(SystemExit, match="compute_dtype 'bfloat16' vs 'float32'"):
         main([*argv, "--epochs", "2", "--resume"])
+
+
+def test_steps_per_call_is_recorded(tmp_path):
+    argv = ["train", "--dataset", "digits", "--variants", "FM", *QUICK, "--limit-train", "256"]
+    argv += ["--limit-test", "64", "--out", str(tmp_path), "--steps-per-call", "3"]
+    assert main(argv) == 0
+    config = json.loads((tmp_path / "FM" / "config.json").read_text())
+    assert config["steps_per_call"] == 3
+
+
+def test_bad_steps_per_call_is_a_clear_error(tmp_path, capsys):
+    argv = ["train", "--dataset", "digits", "--variants", "FM", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--steps-per-call", "0"])
+    assert e.value.code == 2
+    assert "expected a positive integer or 'auto', got '0'" in capsys.readouterr().err

@@ -75,7 +75,7 @@ def test_blocks_that_do_not_match_num_blocks():
 
 def test_unknown_options():
     with pytest.raises(
-        ValueError, match=r"expected strategy to be one of \('loop', 'vmap', 'scan'"
+        ValueError, match=r"expected strategy to be one of \('loop', 'vmap', 'scan', 'auto'\)"
     ):
         npx.NoPropDT(10, SHAPE, strategy="magic", backbone="simple", key=jr.key(0))
     with pytest.raises(ValueError, match="expected backbone to be one of"):
