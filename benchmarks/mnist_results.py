@@ -50,7 +50,7 @@ def table(records: list[dict]) -> str:
     head = (
         "| variant | embedding | model | train / test images | epochs | test acc. % "
         "| deterministic % | best % (epoch) | inference (NFE) | train time | wall time "
-        "| paper % | device | commit |"
+        "| paper % | device | compute | commit |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
@@ -80,6 +80,7 @@ def table(records: list[dict]) -> str:
                     f"{r['wall_time_s'] / 60:.1f} min",
                     "–" if paper is None else f"{paper:.2f}",
                     r["device"],
+                    r.get("compute_dtype", "float32"),
                     str(r.get("commit")),
                 ]
             )

@@ -166,6 +166,9 @@ def run_row(
     start = time.perf_counter()
     compiled = step.lower(model, opt_state, batch, step_keys[0]).compile()
     compile_s = time.perf_counter() - start
+    flops_source = "lowered HLO"
+    if flops is None:  # e.g. a JAX whose Lowered has no cost analysis: ask the executable
+        flops, flops_source = _common.flops_of(compiled), "compiled executable"
     memory = _common.memory_stats(compiled)
 
     # Correctness first: one step through the jitted function (it reuses the executable just
@@ -218,6 +221,7 @@ def run_row(
         "argument_mb": None if memory["argument_bytes"] is None else memory["argument_bytes"] * mb,
         "output_mb": None if memory["output_bytes"] is None else memory["output_bytes"] * mb,
         "flops_per_step": flops,
+        "flops_source": None if flops is None else flops_source,
         "gflop_per_step": None if flops is None else flops / 1e9,
         "flops_per_second": None if flops is None else flops / median,
         "flops_fraction_of_matmul": None if flops is None else flops / median / matmul_flops_per_s,
