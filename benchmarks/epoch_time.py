@@ -50,6 +50,7 @@ COLUMNS = [
     ("compute_dtype", "compute"),
     ("mode", "mode"),
     ("steps", "steps"),
+    ("steps_per_call", "steps/call"),
     ("epoch_s", "epoch s (median)"),
     ("epoch_spread", "s min–max"),
     ("epoch_s_60k", "s per 469 steps"),
@@ -102,8 +103,10 @@ def run_row(variant, dtype_name, mode, x, y, args) -> dict:
     steps = npx.data.num_train_batches(len(x), args.batch_size)
     state = {"model": model, "opt_state": opt_state}
 
+    per_call = {"host": 1, "device": 1, "scan": steps}.get(mode)
+    if mode == "host-scan":
+        per_call = args.steps_per_call or math.ceil(steps / 10)
     if mode in ("host", "host-scan"):
-        per_call = 1 if mode == "host" else args.steps_per_call or math.ceil(steps / 10)
 
         def epoch(e):
             state["model"], state["opt_state"], stats = train_epoch(
@@ -157,6 +160,7 @@ def run_row(variant, dtype_name, mode, x, y, args) -> dict:
         "batch": args.batch_size,
         "num_images": len(x),
         "steps": steps,
+        "steps_per_call": per_call,
         "epoch_s": median,
         "epoch_spread": f"{stats['min']:.3g}–{stats['max']:.3g}",
         "epoch_s_60k": median * PAPER_STEPS / steps,

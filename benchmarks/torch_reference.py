@@ -200,6 +200,7 @@ def jax_rows(network, batch_size, args, matmul_flops_per_s) -> list[dict]:
     import jax.random as jr
     import train_throughput
 
+    import noprop_eqx as npx
     from noprop_eqx._xla import jit_options
     from noprop_eqx.models import PaperDTBlock
 
@@ -228,7 +229,7 @@ def jax_rows(network, batch_size, args, matmul_flops_per_s) -> list[dict]:
         )
     stats = _common.summarize(times)
     # The JAX DT step the training CLI uses: per-block gradients, unrolled.
-    step = train_throughput.run_row("DT-blockwise", network, batch_size, args, matmul_flops_per_s)
+    step = train_throughput.run_row("DT-auto", network, batch_size, args, matmul_flops_per_s)
     jax_version = f"JAX {jax.__version__}"
     return [
         {
@@ -243,7 +244,8 @@ def jax_rows(network, batch_size, args, matmul_flops_per_s) -> list[dict]:
         },
         {
             "what": "DT step",
-            "framework": f"{jax_version} (make_dt_step, memory='blockwise')",
+            "framework": f"{jax_version} (make_dt_step(): {npx.default_dt_memory()} step, "
+            f"{npx.default_dt_strategy()} strategy)",
             "network": network,
             "batch": batch_size,
             "images_per_s": step["images_per_s"],

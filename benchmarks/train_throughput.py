@@ -5,8 +5,10 @@ how much memory does the compiled step need, and how close does it come to the m
 practical FLOP/s ceiling (a dense float32 matmul measured in the same run)?
 
 Rows: NoProp-DT with one value-and-grad of the whole loss (`make_step`, the model's default
-strategy), with unrolled per-block gradients (`make_dt_step(memory="blockwise")`, what the
-training CLI uses) and with the low-memory step (`make_dt_step(memory="low")`); NoProp-CT,
+strategy), the library's default DT step (`DT-auto`: `make_dt_step()`, what the training CLI
+uses: blockwise on CPU, vmap with one gradient on GPU), with unrolled per-block gradients
+(`make_dt_step(memory="blockwise")`) and with the low-memory step
+(`make_dt_step(memory="low")`); NoProp-CT,
 NoProp-FM and the backprop baseline on the same blocks; for each network (the paper's MNIST and
 CIFAR networks, SimpleCNN), batch size and `--compiler-options` setting.
 
@@ -38,7 +40,7 @@ NETWORKS = {
     "simple": ("simple", (1, 28, 28), 10),
     "tiny": ("simple", (1, 12, 12), 10),  # --quick only
 }
-VARIANTS = ("DT", "DT-blockwise", "DT-low", "CT", "FM", "backprop")
+VARIANTS = ("DT", "DT-auto", "DT-blockwise", "DT-low", "CT", "FM", "backprop")
 # DT with a fixed strategy (benchmarks/dt_strategies.py compares them).
 DT_STRATEGY_VARIANTS = ("DT-loop", "DT-vmap", "DT-scan")
 
@@ -78,7 +80,7 @@ def build(
     """(model, loss_fn or None, step, flops_model): the model, its step, and the model whose
     lowered step gives the FLOPs (DT: the unrolled "loop" strategy)."""
     backbone, shape, classes = NETWORKS[network]
-    if variant in ("DT", "DT-blockwise", "DT-low", *DT_STRATEGY_VARIANTS):
+    if variant in ("DT", "DT-auto", "DT-blockwise", "DT-low", *DT_STRATEGY_VARIANTS):
         if variant in DT_STRATEGY_VARIANTS:
             strategy = variant.removeprefix("DT-")
         kwargs = {} if strategy is None else {"strategy": strategy}
@@ -86,7 +88,7 @@ def build(
             classes, shape, num_blocks=num_blocks, backbone=backbone, key=key, **kwargs
         )
         optimizer = npx.paper_optimizer(model)
-        if variant in ("DT-low", "DT-blockwise"):
+        if variant in ("DT-auto", "DT-low", "DT-blockwise"):
             memory = variant.removeprefix("DT-")
             step = npx.make_dt_step(
                 optimizer,
@@ -255,7 +257,7 @@ def ratios(rows: list[dict]) -> list[dict]:
             "compiler_options": copts,
             "compute_dtype": dtype,
         }
-        for dt in ("DT", "DT-blockwise", "DT-low", *DT_STRATEGY_VARIANTS):
+        for dt in ("DT", "DT-auto", "DT-blockwise", "DT-low", *DT_STRATEGY_VARIANTS):
             r = by.get((dt, network, batch, copts, dtype))
             if r is None:
                 continue

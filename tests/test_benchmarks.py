@@ -1,7 +1,7 @@
 """Every benchmark script runs end to end with --quick and writes JSON of the documented schema.
 
 Each script runs in its own process (as a user runs it; XLA flags are per process), writing to
-a temporary folder; the four run concurrently. No timing is asserted: --quick uses tiny shapes
+a temporary folder; they run concurrently. No timing is asserted: --quick uses tiny shapes
 on a shared CPU.
 """
 
@@ -17,18 +17,19 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 SCRIPTS = {
-    "train_throughput.py": ["--variants", "DT", "DT-blockwise", "DT-low", "backprop"],
+    "train_throughput.py": ["--variants", "DT", "DT-auto", "DT-blockwise", "DT-low", "backprop"],
     # One child process (the non-default flags) keeps the test short.
     "dt_strategies.py": ["--variants", "DT-loop", "--flag-sets", "ynn-off"],
     "inference.py": ["--variants", "DT", "FM"],
     "torch_reference.py": [],
+    "epoch_time.py": ["--variants", "DT", "--steps-per-call", "2"],
 }
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Starts every script at once (each mostly compiles, single-threaded, so on 2 cores the
-    four processes finish in about half the time they take one after the other)."""
+    processes finish in about half the time they take one after the other)."""
     processes = {}
     for name, args in SCRIPTS.items():
         out_dir = tmp_path_factory.mktemp(name.removesuffix(".py"))
@@ -78,7 +79,7 @@ def test_train_throughput(runs):
     _, tmp_path = finish(runs, "train_throughput.py")
     payload = load(tmp_path, "train_throughput")
     rows = {row["variant"]: row for row in payload["rows"]}
-    assert set(rows) == {"DT", "DT-blockwise", "DT-low", "backprop"}
+    assert set(rows) == {"DT", "DT-auto", "DT-blockwise", "DT-low", "backprop"}
     for row in rows.values():
         check_timing(row["seconds"])
         assert row["images_per_s"] > 0 and row["compile_s"] > 0
@@ -132,3 +133,19 @@ def test_torch_reference(runs):
     ]
     assert len(ratios) == 2 and all(r > 0 for r in ratios)
     assert payload["threads"] >= 1
+
+
+def test_epoch_time(runs):
+    _, tmp_path = finish(runs, "epoch_time.py")
+    payload = load(tmp_path, "epoch_time")
+    rows = {row["mode"]: row for row in payload["rows"]}
+    assert set(rows) == {"host", "host-scan", "device", "scan"}
+    assert rows["host-scan"]["steps_per_call"] == 2 and rows["host"]["steps_per_call"] == 1
+    assert rows["scan"]["steps_per_call"] == rows["scan"]["steps"] == 4  # 64 images, batch 16
+    for row in rows.values():
+        check_timing(row["seconds"])
+        assert row["epoch_s"] > 0 and row["images_per_s"] > 0
+    # The same epochs from the same start, two steps per call or one: the same final loss.
+    assert abs(rows["host-scan"]["final_loss"] - rows["host"]["final_loss"]) <= 1e-4 * abs(
+        rows["host"]["final_loss"]
+    )
