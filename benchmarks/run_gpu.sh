@@ -8,8 +8,9 @@
 # ends inside the budget, and a failing stage does not stop the next:
 #   1. environment (nvidia-smi, JAX devices);
 #   2. epoch_time.py: one MNIST-sized epoch (469 steps, batch 128) of DT and backprop, float32
-#      and bfloat16, through the CLI's loop (host), with batches on the device (device), and as
-#      one compiled scan (scan);
+#      and bfloat16, through the CLI's loop with one call per step (host) and with a tenth of an
+#      epoch per call (host-scan), with batches on the device (device), and as one compiled
+#      scan (scan);
 #   3. train_throughput.py: every DT strategy, CT, FM and backprop at batch 128 (ms/step, FLOP/s
 #      against an 8192² matmul in the same run, memory);
 #   4. MNIST training on real data, four runs at once on the one GPU: DT one-hot float32 and
@@ -79,7 +80,7 @@ export W PY Q
 epoch_times() { # DT in every mode and dtype; backprop through the CLI's loop
   local extra=(--repeats 2)
   ((Q)) && extra=(--quick)
-  $PY benchmarks/epoch_time.py "${extra[@]}" --variants DT --modes host device scan \
+  $PY benchmarks/epoch_time.py "${extra[@]}" --variants DT --modes host host-scan device scan \
     --compute-dtypes float32 bfloat16 --out-dir "$W/results" --tag h200-dt
   $PY benchmarks/epoch_time.py "${extra[@]}" --variants BP --modes host \
     --compute-dtypes float32 bfloat16 --out-dir "$W/results" --tag h200-bp
@@ -90,7 +91,7 @@ if ((Q)); then
   THRU=(--quick) TORCH=(--quick)
 else
   THRU=(--networks mnist --batch-sizes 128 --repeats 10 --warmup 2 --matmul-size 8192
-    --variants DT-blockwise DT-loop DT-vmap DT-scan DT-low backprop CT FM)
+    --variants DT-auto DT-blockwise DT-loop DT-vmap DT-scan DT-low backprop CT FM)
   TORCH=(--networks mnist --batch-sizes 128 --repeats 10 --warmup 2)
 fi
 
