@@ -36,6 +36,7 @@ import _common
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+import train_throughput
 
 import noprop_eqx as npx
 from noprop_eqx._loop import train_epoch
@@ -60,30 +61,14 @@ COLUMNS = [
 ]
 
 
-def build(variant: str, image_shape, num_classes: int, num_blocks: int, dtype, key):
-    """(model, optimizer, compiled step) for one row."""
-    if variant.startswith("DT"):
-        strategy = {"DT-vmap": "vmap", "DT-loop": "loop"}.get(variant, "auto")
-        model = npx.NoPropDT(
-            num_classes, image_shape, num_blocks=num_blocks, backbone="paper", key=key,
-            strategy=strategy,
-        )  # fmt: skip
-        optimizer = npx.paper_optimizer(model)
-        if variant in ("DT-vmap", "DT-loop"):
-            step = npx.make_step(npx.NoPropDT.loss_fn, optimizer, compute_dtype=dtype)
-        else:
-            memory = {"DT": "auto", "DT-blockwise": "blockwise", "DT-low": "low"}[variant]
-            step = npx.make_dt_step(optimizer, memory=memory, compute_dtype=dtype)
-        return model, optimizer, step
-    if variant == "BP":
-        model = npx.BackpropBaseline(
-            num_classes, image_shape, num_blocks=num_blocks, backbone="paper", key=key
-        )
-    else:
-        cls = {"CT": npx.NoPropCT, "FM": npx.NoPropFM}[variant]
-        model = cls(num_classes, image_shape, backbone="paper", key=key)
-    optimizer = npx.paper_optimizer(model)
-    return model, optimizer, npx.make_step(type(model).loss_fn, optimizer, compute_dtype=dtype)
+def build(variant: str, num_blocks: int, dtype, key):
+    """(model, optimizer, compiled step) for one row: `train_throughput.build` on the paper
+    MNIST network, under this script's variant names."""
+    name = {"DT": "DT-auto", "BP": "backprop"}.get(variant, variant)
+    model, optimizer, step, _ = train_throughput.build(
+        name, "mnist", num_blocks, None, key, compute_dtype=dtype
+    )
+    return model, optimizer, step
 
 
 def epoch_batches(x, y, batch_size, key):
@@ -95,9 +80,7 @@ def epoch_batches(x, y, batch_size, key):
 def run_row(variant, dtype_name, mode, x, y, args) -> dict:
     key = jr.key(args.seed)
     k_model, k_train = jr.split(key)
-    model, optimizer, step = build(
-        variant, x.shape[1:], 10, args.num_blocks, COMPUTE_DTYPES[dtype_name], k_model
-    )
+    model, optimizer, step = build(variant, args.num_blocks, COMPUTE_DTYPES[dtype_name], k_model)
     model, _ = _common.strengthen_weak_types(model)
     opt_state = npx.init_optimizer_state(model, optimizer)
     steps = npx.data.num_train_batches(len(x), args.batch_size)
