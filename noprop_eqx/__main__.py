@@ -30,6 +30,7 @@ from . import data as data_lib
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._dt import NoPropDT
 from ._dt_step import make_dt_step
+from ._embeddings import PROTOTYPE_SCALES
 from ._loop import (
     EMBEDDINGS,
     SOLVERS,
@@ -147,6 +148,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--embedding", choices=EMBEDDINGS, default="one-hot")
     p.add_argument(
+        "--prototype-scale",
+        choices=PROTOTYPE_SCALES,
+        default=None,
+        help="prototype embedding only: raw = the medoid images as they are (norms ~20-30 on "
+        "MNIST); one-hot = one factor making the mean squared distance between prototypes 2, "
+        "as for one-hot vectors (default: raw)",
+    )
+    p.add_argument(
         "--embed-dim",
         type=_positive_int,
         default=None,
@@ -227,6 +236,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="stochastic DT inference runs at the end for mean ± s.e. (default 5; 0 skips)",
     )
     p.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
+
+
+def _prototype_scale(args: argparse.Namespace) -> str | None:
+    """The prototype scale a run uses: None unless the embedding is "prototype"."""
+    if args.embedding != "prototype":
+        return None
+    return getattr(args, "prototype_scale", None) or "raw"
 
 
 def run_dir_name(variant: str, embedding: str) -> str:
@@ -319,6 +335,7 @@ def train_variant(
         model=args.model,
         embedding=args.embedding,
         embed_dim=embed_dim,
+        prototype_scale=_prototype_scale(args),
         num_blocks=args.num_blocks,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -347,6 +364,7 @@ def train_variant(
         num_blocks=args.num_blocks,
         x_train=ds.x_train,
         y_train=ds.y_train,
+        prototype_scale=args.prototype_scale or "raw",
         key=k_model,
     )
     decay_steps = None
@@ -363,8 +381,10 @@ def train_variant(
     start_epoch, history = 0, []
     if args.resume and ckpt_path.is_file():
         saved = json.loads((run_dir / "config.json").read_text())
-        saved.setdefault("compute_dtype", "float32")  # runs saved before the option existed
-        keys = (*TRAJECTORY_KEYS, "lr_decay_steps", "compute_dtype")
+        # runs saved before these options existed
+        saved.setdefault("compute_dtype", "float32")
+        saved.setdefault("prototype_scale", _prototype_scale(argparse.Namespace(**saved)))
+        keys = (*TRAJECTORY_KEYS, "lr_decay_steps", "compute_dtype", "prototype_scale")
         diff = {k: (saved.get(k), config.get(k)) for k in keys if saved.get(k) != config.get(k)}
         if diff:
             raise SystemExit(
@@ -442,6 +462,7 @@ def train_variant(
         variant=variant,
         embedding=args.embedding,
         embed_dim=embed_dim,
+        prototype_scale=_prototype_scale(args),
         num_blocks=args.num_blocks if variant in ("DT", "BP") else None,
         model=args.model,
         dataset=args.dataset,
@@ -540,6 +561,11 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, command
         parser.error(
             f"--inference-runs must be 0 (skip) or >= 2 for a standard error, got "
             f"{args.inference_runs}"
+        )
+    if args.prototype_scale is not None and args.embedding != "prototype":
+        parser.error(
+            f"--prototype-scale applies to --embedding prototype only, got --embedding "
+            f"{args.embedding}"
         )
     try:  # check option combinations before any training starts
         resolve_embed_dim(args.embedding, args.embed_dim, ds.num_classes, ds.image_shape)
