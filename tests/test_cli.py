@@ -249,3 +249,22 @@ def test_bad_steps_per_call_is_a_clear_error(tmp_path, capsys):
         main([*argv, "--steps-per-call", "0"])
     assert e.value.code == 2
     assert "expected a positive integer or 'auto', got '0'" in capsys.readouterr().err
+
+
+def test_prototype_scale_is_recorded_and_pinned_on_resume(tmp_path):
+    argv = ["train", "--dataset", "digits", "--variants", "FM", *QUICK, "--limit-train", "128"]
+    argv += ["--limit-test", "64", "--eval-steps", "2", "--embedding", "prototype"]
+    argv += ["--out", str(tmp_path)]
+    assert main([*argv, "--prototype-scale", "one-hot"]) == 0
+    config = json.loads((tmp_path / "FM-prototype" / "config.json").read_text())
+    summary = json.loads((tmp_path / "FM-prototype" / "summary.json").read_text())
+    assert config["prototype_scale"] == summary["prototype_scale"] == "one-hot"
+    with pytest.raises(SystemExit, match="prototype_scale 'one-hot' vs 'raw'"):
+        main([*argv, "--epochs", "2", "--resume"])
+
+
+def test_prototype_scale_needs_the_prototype_embedding(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--dataset", "digits", "--prototype-scale", "one-hot", "--out", "x"])
+    assert e.value.code == 2
+    assert "--prototype-scale applies to --embedding prototype only" in capsys.readouterr().err
