@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -23,6 +24,7 @@ SCRIPTS = {
     "inference.py": ["--variants", "DT", "FM"],
     "torch_reference.py": [],
     "epoch_time.py": ["--variants", "DT", "--steps-per-call", "2", "--modes", "host", "host-scan"],
+    "conv_kernels.py": [],
 }
 
 
@@ -150,3 +152,48 @@ def test_epoch_time(runs):
     assert abs(rows["host-scan"]["final_loss"] - rows["host"]["final_loss"]) <= 1e-4 * abs(
         rows["host"]["final_loss"]
     )
+
+
+def test_conv_kernels(runs):
+    _, tmp_path = finish(runs, "conv_kernels.py")
+    payload = load(tmp_path, "conv_kernels")
+    rows = payload["rows"]
+    assert len(rows) == 2 * 4  # the two --quick layers x four kernels
+    for row in rows:
+        check_timing(row["seconds"])
+        assert row["fraction_of_matmul"] > 0
+    # FLOPs of a 3x3 valid convolution: 2 * batch * output pixels * C_out * C_in * 9.
+    assert {row["flops"] for row in rows if row["layer_index"] == 0} == {2.0 * 4 * 8 * 8 * 4 * 9}
+    (summary,) = payload["block_summaries"]
+    used = [r for r in rows if not (r["kernel"] == "GEMM of the same shape")]
+    used = [r for r in used if not (r["kernel"] == "input gradient" and r["layer_index"] == 0)]
+    assert summary["block_conv_gflop"] == pytest.approx(sum(r["gflop"] for r in used))
+
+
+def test_conv_kernels_compute_the_gradients_they_name():
+    """The benchmarked input- and weight-gradient kernels against explicit sums."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import conv_kernels
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import jax.random as jr
+
+    fns = conv_kernels.kernels(2, 5, 3, 4, jr.key(0))
+    x, w, g = (np.asarray(a, dtype=np.float64) for a in fns["input gradient"][1])
+    # y[b, i, j, o] = sum_{di, dj, c} x[b, i + di, j + dj, c] w[di, dj, c, o]
+    dx = np.zeros_like(x)
+    dw = np.zeros_like(w)
+    for di in range(3):
+        for dj in range(3):
+            patch = x[:, di : di + 3, dj : dj + 3, :]
+            dw[di, dj] = np.einsum("bijc,bijo->co", patch, g)
+            dx[:, di : di + 3, dj : dj + 3, :] += np.einsum("bijo,co->bijc", g, w[di, dj])
+    y = sum(
+        np.einsum("bijc,co->bijo", x[:, di : di + 3, dj : dj + 3, :], w[di, dj])
+        for di in range(3)
+        for dj in range(3)
+    )
+    for name, expected in (("forward", y), ("input gradient", dx), ("weight gradient", dw)):
+        fn, args = fns[name]
+        np.testing.assert_allclose(np.asarray(fn(*args)), expected, rtol=1e-4, atol=1e-4)
