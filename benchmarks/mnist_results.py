@@ -46,6 +46,14 @@ def accuracy_cell(r: dict) -> str:
     return _pct(r["final_accuracy"])
 
 
+def embedding_cell(r: dict) -> str:
+    """The embedding, with the prototype scale when it is not the raw images."""
+    scale = r.get("prototype_scale")
+    if r["embedding"] == "prototype" and scale not in (None, "raw"):
+        return f"prototype ({scale} scale)"
+    return r["embedding"]
+
+
 def table(records: list[dict]) -> str:
     head = (
         "| variant | embedding | model | train / test images | epochs | test acc. % "
@@ -68,7 +76,7 @@ def table(records: list[dict]) -> str:
             + " | ".join(
                 [
                     NAMES.get(r["variant"], r["variant"]),
-                    r["embedding"],
+                    embedding_cell(r),
                     r["model"],
                     f"{train} / {test}",
                     str(r["epochs"]) + (" (cosine lr)" if r.get("lr_schedule") == "cosine" else ""),

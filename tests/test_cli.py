@@ -268,3 +268,15 @@ def test_prototype_scale_needs_the_prototype_embedding(capsys):
         main(["train", "--dataset", "digits", "--prototype-scale", "one-hot", "--out", "x"])
     assert e.value.code == 2
     assert "--prototype-scale applies to --embedding prototype only" in capsys.readouterr().err
+
+
+def test_results_table_names_the_prototype_scale():
+    module = _load_script("mnist_results")
+    record = {"embedding": "prototype", "prototype_scale": "one-hot"}
+    assert module.embedding_cell(record) == "prototype (one-hot scale)"
+    # Records written before the option existed, and raw prototypes, keep the plain name.
+    assert module.embedding_cell({"embedding": "prototype"}) == "prototype"
+    assert module.embedding_cell({"embedding": "prototype", "prototype_scale": "raw"}) == (
+        "prototype"
+    )
+    assert module.embedding_cell({"embedding": "one-hot", "prototype_scale": None}) == "one-hot"
