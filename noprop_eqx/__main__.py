@@ -325,6 +325,7 @@ def train_variant(
 ) -> dict:
     """Trains (or resumes) one variant; returns its results record."""
     log = sys.stderr
+    commit = git_commit()  # the code that trains: read now, not after a long run
     run_dir = args.out / run_dir_name(variant, args.embedding)
     ckpt_path = run_dir / CHECKPOINT
     metrics_path = run_dir / "metrics.jsonl"
@@ -486,7 +487,7 @@ def train_variant(
         nfe=None,
         run_dir=str(run_dir),
         command=command,
-        commit=git_commit(),
+        commit=commit,
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     if variant == "DT":
