@@ -259,6 +259,14 @@ def test_prototype_scale_is_recorded_and_pinned_on_resume(tmp_path):
     config = json.loads((tmp_path / "FM-prototype" / "config.json").read_text())
     summary = json.loads((tmp_path / "FM-prototype" / "summary.json").read_text())
     assert config["prototype_scale"] == summary["prototype_scale"] == "one-hot"
+    # The run folder reloads, as the solver study reloads runs (test_solver_study_quick covers
+    # one-hot runs, whose config holds a null prototype scale).
+    from noprop_eqx import data as data_lib
+    from noprop_eqx._checkpoint import load_run
+
+    ds = data_lib.load_dataset("digits").subset(128, 64)
+    model, _, epoch, _, _ = load_run(tmp_path / "FM-prototype", ds)
+    assert epoch == 1 and model.embedding.dim == 64
     with pytest.raises(SystemExit, match="prototype_scale 'one-hot' vs 'raw'"):
         main([*argv, "--epochs", "2", "--resume"])
 

@@ -106,6 +106,7 @@ def test_make_step_bf16_keeps_float32_parameters():
         assert float(jnp.max(jnp.abs(_flat(m) - _flat(before)))) > 0
 
 
+@pytest.mark.slow
 def test_blockwise_bf16_matches_joint_bf16():
     """`dt_value_and_grad(compute_dtype=bf16)` casts per term as `mixed_precision` does for the
     whole loss: same loss, nearly the same gradient (bf16 rounding in other places)."""
