@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-
 # (input size, channels) of each 3x3 valid convolution of the paper's DT block (the CT/FM
 # network has the same stack): conv(32) on the image, max-pool, conv(64), conv(128).
 NETWORKS = {
@@ -81,7 +80,9 @@ def layer_rows(network: str, batch: int, layer: int, args, matmul: float) -> lis
             raise RuntimeError(f"{network} layer {layer} {kernel}: non-finite result")
         with _common.no_recompile(f"{network}/{batch}/layer {layer}/{kernel}"):
             stats = _common.summarize(
-                _common.time_calls(lambda i: compiled(*fn_args), args.repeats, args.warmup)
+                _common.time_calls(
+                    lambda i, f=compiled, a=fn_args: f(*a), args.repeats, args.warmup
+                )
             )
         rows.append(
             {
@@ -143,9 +144,7 @@ def main(argv=None) -> dict:
         for batch in args.batch_sizes:
             layer_block = []
             for layer in range(len(NETWORKS[network])):
-                layer_block += layer_rows(
-                    network, batch, layer, args, matmul["flops_per_second"]
-                )
+                layer_block += layer_rows(network, batch, layer, args, matmul["flops_per_second"])
             rows += layer_block
             summaries.append(block_summary(layer_block, matmul["flops_per_second"]))
             print(summaries[-1], flush=True)
