@@ -29,7 +29,6 @@ NETWORKS = {
     "cifar": [(32, 3, 32), (15, 32, 64), (13, 64, 128)],
     "tiny": [(10, 1, 4), (4, 4, 8)],  # --quick only
 }
-KERNELS = ("forward", "input gradient", "weight gradient", "GEMM of the same shape")
 
 COLUMNS = [
     ("network", "network"),

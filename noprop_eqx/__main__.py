@@ -238,11 +238,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
 
 
-def _prototype_scale(args: argparse.Namespace) -> str | None:
-    """The prototype scale a run uses: None unless the embedding is "prototype"."""
-    if args.embedding != "prototype":
-        return None
-    return getattr(args, "prototype_scale", None) or "raw"
+def _prototype_scale(embedding: str, scale: str | None) -> str | None:
+    """The prototype scale a run uses: None unless the embedding is "prototype", whose
+    default is raw."""
+    return None if embedding != "prototype" else scale or "raw"
 
 
 def run_dir_name(variant: str, embedding: str) -> str:
@@ -330,13 +329,14 @@ def train_variant(
     ckpt_path = run_dir / CHECKPOINT
     metrics_path = run_dir / "metrics.jsonl"
     embed_dim = resolve_embed_dim(args.embedding, args.embed_dim, ds.num_classes, ds.image_shape)
+    prototype_scale = _prototype_scale(args.embedding, args.prototype_scale)
     config = dict(
         variant=variant,
         dataset=args.dataset,
         model=args.model,
         embedding=args.embedding,
         embed_dim=embed_dim,
-        prototype_scale=_prototype_scale(args),
+        prototype_scale=prototype_scale,
         num_blocks=args.num_blocks,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -365,7 +365,7 @@ def train_variant(
         num_blocks=args.num_blocks,
         x_train=ds.x_train,
         y_train=ds.y_train,
-        prototype_scale=args.prototype_scale or "raw",
+        prototype_scale=prototype_scale,
         key=k_model,
     )
     decay_steps = None
@@ -384,7 +384,7 @@ def train_variant(
         saved = json.loads((run_dir / "config.json").read_text())
         # runs saved before these options existed
         saved.setdefault("compute_dtype", "float32")
-        saved.setdefault("prototype_scale", _prototype_scale(argparse.Namespace(**saved)))
+        saved.setdefault("prototype_scale", _prototype_scale(saved["embedding"], None))
         keys = (*TRAJECTORY_KEYS, "lr_decay_steps", "compute_dtype", "prototype_scale")
         diff = {k: (saved.get(k), config.get(k)) for k in keys if saved.get(k) != config.get(k)}
         if diff:
@@ -463,7 +463,7 @@ def train_variant(
         variant=variant,
         embedding=args.embedding,
         embed_dim=embed_dim,
-        prototype_scale=_prototype_scale(args),
+        prototype_scale=prototype_scale,
         num_blocks=args.num_blocks if variant in ("DT", "BP") else None,
         model=args.model,
         dataset=args.dataset,

@@ -97,7 +97,7 @@ def load_run(
         num_blocks=config.get("num_blocks", 10),
         x_train=dataset.x_train,
         y_train=dataset.y_train,
-        prototype_scale=config.get("prototype_scale") or "raw",
+        prototype_scale=config.get("prototype_scale"),
         key=jr.key(0),
     )
     optimizer = paper_optimizer(
