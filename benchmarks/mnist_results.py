@@ -47,11 +47,17 @@ def accuracy_cell(r: dict) -> str:
 
 
 def embedding_cell(r: dict) -> str:
-    """The embedding, with the prototype scale when it is not the raw images."""
+    """The embedding, with the prototype scale when it is not the raw images and "fixed" when
+    the prototypes were not trained."""
+    if r["embedding"] != "prototype":
+        return r["embedding"]
+    notes = []
     scale = r.get("prototype_scale")
-    if r["embedding"] == "prototype" and scale not in (None, "raw"):
-        return f"prototype ({scale} scale)"
-    return r["embedding"]
+    if scale not in (None, "raw"):
+        notes.append(f"{scale} scale")
+    if r.get("fixed_embedding"):
+        notes.append("fixed")
+    return f"prototype ({', '.join(notes)})" if notes else "prototype"
 
 
 def table(records: list[dict]) -> str:

@@ -30,7 +30,7 @@ from . import data as data_lib
 from ._checkpoint import load_checkpoint, save_checkpoint
 from ._dt import NoPropDT
 from ._dt_step import make_dt_step
-from ._embeddings import PROTOTYPE_SCALES
+from ._embeddings import PROTOTYPE_SCALES, is_fixed_embedding
 from ._loop import (
     EMBEDDINGS,
     SOLVERS,
@@ -154,6 +154,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="prototype embedding only: raw = the medoid images as they are (norms ~20-30 on "
         "MNIST); one-hot = one factor making the mean squared distance between prototypes 2, "
         "as for one-hot vectors (default: raw)",
+    )
+    p.add_argument(
+        "--fixed-embedding",
+        action="store_true",
+        help="prototype embedding only: keep the prototypes as built (no gradient, no weight "
+        "decay) instead of training them with the readout's cross-entropy and the KL term",
     )
     p.add_argument(
         "--embed-dim",
@@ -302,11 +308,12 @@ _STEPS: dict = {}
 def _optimizer_and_step(
     model, lr: float, weight_decay: float, decay_steps: int | None, compute_dtype: str = "float32"
 ):
-    """The paper optimiser and its compiled step, made once per (model class, lr, weight decay,
-    cosine decay steps or None for a constant rate, compute dtype) in this process, so that
-    repeated runs in one process (tests, resumes) reuse compilations. Both are pure functions of
-    those values."""
-    cache_key = (type(model), lr, weight_decay, decay_steps, compute_dtype)
+    """The paper optimiser and its compiled step, made once per (model class, fixed embedding or
+    not, lr, weight decay, cosine decay steps or None for a constant rate, compute dtype) in this
+    process, so that repeated runs in one process (tests, resumes) reuse compilations. Both are
+    pure functions of those values."""
+    fixed = is_fixed_embedding(getattr(model, "embedding", None))
+    cache_key = (type(model), fixed, lr, weight_decay, decay_steps, compute_dtype)
     if cache_key not in _STEPS:
         learning_rate = lr if decay_steps is None else optax.cosine_decay_schedule(lr, decay_steps)
         optimizer = paper_optimizer(model, learning_rate=learning_rate, weight_decay=weight_decay)
@@ -337,6 +344,7 @@ def train_variant(
         embedding=args.embedding,
         embed_dim=embed_dim,
         prototype_scale=prototype_scale,
+        fixed_embedding=args.fixed_embedding,
         num_blocks=args.num_blocks,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -366,6 +374,7 @@ def train_variant(
         x_train=ds.x_train,
         y_train=ds.y_train,
         prototype_scale=prototype_scale,
+        fixed_embedding=args.fixed_embedding,
         key=k_model,
     )
     decay_steps = None
@@ -385,7 +394,14 @@ def train_variant(
         # runs saved before these options existed
         saved.setdefault("compute_dtype", "float32")
         saved.setdefault("prototype_scale", _prototype_scale(saved["embedding"], None))
-        keys = (*TRAJECTORY_KEYS, "lr_decay_steps", "compute_dtype", "prototype_scale")
+        saved.setdefault("fixed_embedding", False)
+        keys = (
+            *TRAJECTORY_KEYS,
+            "lr_decay_steps",
+            "compute_dtype",
+            "prototype_scale",
+            "fixed_embedding",
+        )
         diff = {k: (saved.get(k), config.get(k)) for k in keys if saved.get(k) != config.get(k)}
         if diff:
             raise SystemExit(
@@ -464,6 +480,7 @@ def train_variant(
         embedding=args.embedding,
         embed_dim=embed_dim,
         prototype_scale=prototype_scale,
+        fixed_embedding=args.fixed_embedding,
         num_blocks=args.num_blocks if variant in ("DT", "BP") else None,
         model=args.model,
         dataset=args.dataset,
@@ -563,11 +580,14 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, command
             f"--inference-runs must be 0 (skip) or >= 2 for a standard error, got "
             f"{args.inference_runs}"
         )
-    if args.prototype_scale is not None and args.embedding != "prototype":
-        parser.error(
-            f"--prototype-scale applies to --embedding prototype only, got --embedding "
-            f"{args.embedding}"
-        )
+    for flag, given in (
+        ("--prototype-scale", args.prototype_scale is not None),
+        ("--fixed-embedding", args.fixed_embedding),
+    ):
+        if given and args.embedding != "prototype":
+            parser.error(
+                f"{flag} applies to --embedding prototype only, got --embedding {args.embedding}"
+            )
     try:  # check option combinations before any training starts
         resolve_embed_dim(args.embedding, args.embed_dim, ds.num_classes, ds.image_shape)
     except ValueError as e:

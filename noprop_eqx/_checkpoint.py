@@ -98,6 +98,7 @@ def load_run(
         x_train=dataset.x_train,
         y_train=dataset.y_train,
         prototype_scale=config.get("prototype_scale"),
+        fixed_embedding=bool(config.get("fixed_embedding", False)),
         key=jr.key(0),
     )
     optimizer = paper_optimizer(

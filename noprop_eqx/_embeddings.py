@@ -82,12 +82,15 @@ class PrototypeEmbedding(AbstractClassEmbedding):
     - `"one-hot"`: one factor for the whole matrix, chosen so that the mean squared distance
       between two prototypes is 2, as between two one-hot vectors. The blocks then see the same
       noise levels as with one-hot embeddings.
+
+    `fixed=True` keeps the prototypes as built: `matrix()` stops their gradient and
+    `paper_optimizer` leaves them out of the weight decay, so training never changes them.
     """
 
     weight: Float[Array, "classes dim"]
     num_classes: int = eqx.field(static=True)
     dim: int = eqx.field(static=True)
-    trainable: ClassVar[bool] = True
+    fixed: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -97,6 +100,7 @@ class PrototypeEmbedding(AbstractClassEmbedding):
         *,
         max_per_class: int = 1000,
         scale: str = "raw",
+        fixed: bool = False,
     ):
         _check_positive("num_classes", num_classes)
         if scale not in PROTOTYPE_SCALES:
@@ -113,9 +117,19 @@ class PrototypeEmbedding(AbstractClassEmbedding):
         self.weight = jnp.asarray(weight)
         self.num_classes = num_classes
         self.dim = images.shape[1]
+        self.fixed = bool(fixed)
+
+    @property
+    def trainable(self) -> bool:  # type: ignore[override]
+        return not self.fixed
 
     def matrix(self) -> Float[Array, "classes dim"]:
-        return self.weight
+        return jax.lax.stop_gradient(self.weight) if self.fixed else self.weight
+
+
+def is_fixed_embedding(embedding: object) -> bool:
+    """Whether `embedding` is an array-holding embedding that training must leave unchanged."""
+    return isinstance(embedding, PrototypeEmbedding) and embedding.fixed
 
 
 def one_hot_scale_factor(weight: np.ndarray) -> float:

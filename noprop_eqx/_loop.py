@@ -90,12 +90,19 @@ def build_model(
     x_train: np.ndarray | None = None,
     y_train: np.ndarray | None = None,
     prototype_scale: str | None = None,
+    fixed_embedding: bool = False,
     key: PRNGKeyArray,
 ) -> eqx.Module:
     """One of `VARIANTS` with the given backbone ("paper" or "simple") and embedding.
     "prototype" needs the training images and labels (`x_train`, `y_train`) and takes
-    `prototype_scale` (see `PrototypeEmbedding`; None means raw); `num_blocks` (T, paper: 10)
-    applies to DT and BP."""
+    `prototype_scale` (see `PrototypeEmbedding`; None means raw) and `fixed_embedding` (keep
+    the prototypes as built instead of training them); `num_blocks` (T, paper: 10) applies to
+    DT and BP."""
+    if fixed_embedding and embedding != "prototype":
+        raise ValueError(
+            f"fixed_embedding applies to the prototype embedding only, got {embedding!r} "
+            "(one-hot embeddings are always fixed)"
+        )
     cls = VARIANTS[check_variant(variant)]
     extra = dict(num_blocks=num_blocks) if variant in ("DT", "BP") else {}
     dim = resolve_embed_dim(embedding, embed_dim, num_classes, image_shape)
@@ -103,7 +110,9 @@ def build_model(
     if embedding == "prototype":
         if x_train is None or y_train is None:
             raise ValueError("the prototype embedding needs the training images and labels")
-        spec = PrototypeEmbedding(x_train, y_train, num_classes, scale=prototype_scale or "raw")
+        spec = PrototypeEmbedding(
+            x_train, y_train, num_classes, scale=prototype_scale or "raw", fixed=fixed_embedding
+        )
     return cls(
         num_classes,
         tuple(image_shape),

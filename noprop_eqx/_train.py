@@ -192,13 +192,27 @@ def paper_optimizer(
 ) -> optax.GradientTransformation:
     """The paper's Table 3 optimiser: AdamW for NoProp-DT and the backprop baseline, Adam for
     NoProp-CT and NoProp-FM; learning rate 1e-3 (a number or an optax schedule), weight decay
-    1e-3."""
+    1e-3. A fixed embedding (`PrototypeEmbedding(..., fixed=True)`) is left out of the weight
+    decay, so that it stays exactly as built (its gradient is zero, so Adam leaves it alone)."""
     from ._backprop import BackpropBaseline
     from ._dt import NoPropDT
 
     if isinstance(model, NoPropDT | BackpropBaseline):
-        return optax.adamw(learning_rate, weight_decay=weight_decay)
+        mask = _decay_all_but_fixed_embedding if _has_fixed_embedding(model) else None
+        return optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
     return optax.adam(learning_rate)
+
+
+def _has_fixed_embedding(model: eqx.Module) -> bool:
+    from ._embeddings import is_fixed_embedding
+
+    return is_fixed_embedding(getattr(model, "embedding", None))
+
+
+def _decay_all_but_fixed_embedding(params: PyTree) -> PyTree:
+    """The weight-decay mask of a model with a fixed embedding: True everywhere but there."""
+    mask = jax.tree.map(lambda _: True, params)
+    return eqx.tree_at(lambda m: m.embedding.weight, mask, False)
 
 
 def _count_correct(model, x, y, num_valid, predict_kwargs, key):
