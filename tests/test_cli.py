@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax.random as jr
+import numpy as np
 import pytest
 
 from noprop_eqx.__main__ import main
@@ -271,11 +273,45 @@ def test_prototype_scale_is_recorded_and_pinned_on_resume(tmp_path):
         main([*argv, "--epochs", "2", "--resume"])
 
 
-def test_prototype_scale_needs_the_prototype_embedding(capsys):
+@pytest.mark.parametrize("flag", [["--prototype-scale", "one-hot"], ["--fixed-embedding"]])
+def test_prototype_options_need_the_prototype_embedding(flag, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["train", "--dataset", "digits", "--prototype-scale", "one-hot", "--out", "x"])
+        main(["train", "--dataset", "digits", *flag, "--out", "x"])
     assert e.value.code == 2
-    assert "--prototype-scale applies to --embedding prototype only" in capsys.readouterr().err
+    assert f"{flag[0]} applies to --embedding prototype only, got --embedding one-hot" in (
+        capsys.readouterr().err
+    )
+
+
+def test_fixed_embedding_is_recorded_kept_and_pinned_on_resume(tmp_path):
+    argv = ["train", "--dataset", "digits", "--variants", "DT", *QUICK, "--limit-train", "128"]
+    argv += ["--limit-test", "64", "--embedding", "prototype", "--inference-runs", "0"]
+    argv += ["--out", str(tmp_path)]
+    assert main([*argv, "--fixed-embedding"]) == 0
+    run = tmp_path / "DT-prototype"
+    config = json.loads((run / "config.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert config["fixed_embedding"] is summary["fixed_embedding"] is True
+    from noprop_eqx import data as data_lib
+    from noprop_eqx._checkpoint import load_run
+    from noprop_eqx._loop import build_model
+
+    ds = data_lib.load_dataset("digits").subset(128, 64)
+    model, _, epoch, _, _ = load_run(run, ds)
+    built = build_model(
+        "DT",
+        num_classes=10,
+        image_shape=ds.image_shape,
+        backbone="simple",
+        embedding="prototype",
+        x_train=ds.x_train,
+        y_train=ds.y_train,
+        key=jr.key(0),
+    )
+    assert epoch == 1 and model.embedding.fixed
+    np.testing.assert_array_equal(model.embedding.weight, built.embedding.weight)
+    with pytest.raises(SystemExit, match="fixed_embedding True vs False"):
+        main([*argv, "--epochs", "2", "--resume"])
 
 
 def test_results_table_names_the_prototype_scale():
@@ -288,3 +324,7 @@ def test_results_table_names_the_prototype_scale():
         "prototype"
     )
     assert module.embedding_cell({"embedding": "one-hot", "prototype_scale": None}) == "one-hot"
+    record = {"embedding": "prototype", "prototype_scale": "one-hot", "fixed_embedding": True}
+    assert module.embedding_cell(record) == "prototype (one-hot scale, fixed)"
+    record = {"embedding": "prototype", "prototype_scale": "raw", "fixed_embedding": True}
+    assert module.embedding_cell(record) == "prototype (fixed)"

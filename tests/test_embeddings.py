@@ -1,12 +1,18 @@
-"""Class embeddings: the prototype medoids and their scaling, checked by brute force."""
+"""Class embeddings: the prototype medoids and their scaling, checked by brute force; fixed
+prototypes stay fixed in training."""
 
 import itertools
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
 
 import noprop_eqx as npx
 from noprop_eqx._embeddings import PROTOTYPE_SCALES, one_hot_scale_factor
+from noprop_eqx._loop import build_model
 
 
 def _brute_force_medoid(points: np.ndarray) -> np.ndarray:
@@ -68,3 +74,66 @@ def test_prototype_scale_errors():
     with pytest.raises(ValueError, match="all the same image"):
         one_hot_scale_factor(np.ones((3, 5)))
     assert PROTOTYPE_SCALES == ("raw", "one-hot")
+
+
+def _digits_dt(fixed: bool):
+    ds = npx.data.load_digits()
+    model = build_model(
+        "DT",
+        num_classes=10,
+        image_shape=ds.image_shape,
+        backbone="simple",
+        embedding="prototype",
+        num_blocks=3,
+        x_train=ds.x_train,
+        y_train=ds.y_train,
+        fixed_embedding=fixed,
+        key=jr.key(0),
+    )
+    return model, (ds.x_train[:32], ds.y_train[:32])
+
+
+def _snapshot(tree):
+    """Host copies of the array leaves (the step donates, and so deletes, its input model)."""
+    return jax.tree.map(lambda a: np.array(a, copy=True), eqx.filter(tree, eqx.is_inexact_array))
+
+
+def _max_change(new, old_snapshot) -> float:
+    diffs = jax.tree.map(
+        lambda a, b: np.max(np.abs(np.asarray(a) - b)),
+        eqx.filter(new, eqx.is_inexact_array),
+        old_snapshot,
+    )
+    return max(float(d) for d in jax.tree.leaves(diffs))
+
+
+def test_fixed_prototypes_never_change_in_training():
+    """A fixed prototype embedding is bit-for-bit the same after DT steps with a large learning
+    rate and weight decay, while a trainable one moves; the blocks train either way."""
+    moved = {}
+    for fixed in (False, True):
+        model, batch = _digits_dt(fixed)
+        assert model.embedding.fixed is fixed and model.embedding.trainable is not fixed
+        optimizer = npx.paper_optimizer(model, learning_rate=1e-2, weight_decay=0.5)
+        opt_state = npx.init_optimizer_state(model, optimizer)
+        step = npx.make_dt_step(optimizer)
+        blocks, embedding = _snapshot(model.blocks), _snapshot(model.embedding)
+        for i in range(3):
+            model, opt_state, aux = step(model, opt_state, batch, jr.key(i))
+            assert bool(jnp.isfinite(aux["loss"]))
+        assert _max_change(model.blocks, blocks) > 1e-3
+        moved[fixed] = _max_change(model.embedding, embedding)
+    assert moved[True] == 0.0
+    assert moved[False] > 1e-3
+
+
+def test_fixed_embedding_needs_prototypes():
+    with pytest.raises(ValueError, match="fixed_embedding applies to the prototype embedding"):
+        build_model(
+            "DT",
+            num_classes=10,
+            image_shape=(1, 8, 8),
+            embedding="one-hot",
+            fixed_embedding=True,
+            key=jr.key(0),
+        )
