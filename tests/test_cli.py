@@ -110,9 +110,16 @@ def test_results_schema(digits_run):
 
 
 def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    """A script of benchmarks/ as a module (with benchmarks/ importable while it loads, for
+    the scripts that share `_common`)."""
+    benchmarks = str(REPO / "benchmarks")
+    spec = importlib.util.spec_from_file_location(name, f"{benchmarks}/{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, benchmarks)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(benchmarks)
     return module
 
 
@@ -140,6 +147,20 @@ def test_solver_study_quick(digits_run, tmp_path):
     assert rows["euler 8"]["agreement"] == 1.0  # the reference agrees with itself
     assert results["models"]["FM"]["summary"]["reference"] == "euler 8"
     assert all(0 <= r["accuracy"] <= 1 for r in rows.values())
+
+
+def test_dt_readouts_quick(digits_run, tmp_path):
+    runs, _ = digits_run
+    argv = ["--run-dir", str(runs / "DT"), "--quick", "--out-dir", str(tmp_path)]
+    (row,) = _load_script("dt_readouts").main(argv)
+    # The benchmark checks its deterministic chain against evaluate_accuracy itself.
+    assert row["chains"] == 2 and row["test_size"] == 200
+    for name in ("deterministic", "last_block", "nearest", "ensemble"):
+        assert 0 <= row[name] <= 100
+    assert "moved" not in row  # one-hot embeddings never train
+    assert (tmp_path / "dt_readouts.md").read_text().count("\n|") >= 2
+    with pytest.raises(ValueError, match="is a FM run; this benchmark reads DT runs"):
+        _load_script("dt_readouts").main(["--run-dir", str(runs / "FM"), "--quick"])
 
 
 def test_existing_run_needs_resume(digits_run, capsys):
@@ -310,6 +331,14 @@ def test_fixed_embedding_is_recorded_kept_and_pinned_on_resume(tmp_path):
     )
     assert epoch == 1 and model.embedding.fixed
     np.testing.assert_array_equal(model.embedding.weight, built.embedding.weight)
+    # The read-out benchmark rebuilds the starting embedding and finds it unmoved.
+    out_dir = tmp_path / "bench"
+    (row,) = _load_script("dt_readouts").main(
+        ["--run-dir", str(run), "--quick", "--out-dir", str(out_dir)]
+    )
+    assert row["fixed_embedding"] and row["moved"] == 0.0
+    assert row["min_distance_start"] == row["min_distance_trained"] > 0
+    assert json.loads((out_dir / "dt_readouts.json").read_text())["rows"] == [row]
     with pytest.raises(SystemExit, match="fixed_embedding True vs False"):
         main([*argv, "--epochs", "2", "--resume"])
 

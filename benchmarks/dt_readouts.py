@@ -1,0 +1,180 @@
+"""How trained NoProp-DT models read out a class, and how far training moved their embedding.
+
+For each DT run folder of `noprop-eqx train`, on the test set:
+
+- `deterministic`: the library's `predict` (z_0 = 0, no noise in Eq. 3; the trained readout);
+- `last_block`: the argmax of block T's class logits in that deterministic chain;
+- `nearest`: the class whose embedding u_y is closest to the final z_T (the readout's start);
+- `ensemble_K`: the argmax of the readout's softmax averaged over K stochastic chains (Eq. 3
+  with z_0 ~ N(0, I) and its noise), i.e. K times the inference work.
+
+The deterministic chain is computed once and must reproduce `evaluate_accuracy`, which is checked.
+For embeddings that train (learned, prototype), it also compares the trained W_embed with the one
+the run started from (rebuilt from the run's configuration): row norms, the smallest distance
+between two classes, and how far each row moved.
+
+    python benchmarks/dt_readouts.py --run-dir /work/runs/proto-seed1/DT-prototype \
+        --data-dir /work/shared/data/mnist
+    python benchmarks/dt_readouts.py --run-dir RUN --quick   # 2 chains, 200 test images
+
+Question asked: is the read-out, rather than the blocks, what holds a DT model back?
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from _common import base_parser, write_results
+
+import noprop_eqx as npx
+from noprop_eqx._loop import VARIANTS, build_model
+from noprop_eqx._losses import expected_embedding
+from noprop_eqx.models import apply_batched
+from noprop_eqx.noise_schedules import alpha_bar_grid, posterior_coefficients
+
+COLUMNS = [
+    ("run", "run"),
+    ("embedding", "embedding"),
+    ("epochs", "epochs"),
+    ("deterministic", "deterministic %"),
+    ("last_block", "last block %"),
+    ("nearest", "nearest embedding %"),
+    ("ensemble", "stochastic ensemble %"),
+    ("min_distance", "min class distance (start → trained)"),
+    ("moved", "max row moved"),
+]
+
+
+@eqx.filter_jit
+def _chain(model: npx.NoPropDT, x, key):
+    """Eq. 3 as in `NoPropDT.logits`, also returning block T's logits and the final z_T."""
+    a, b, c = posterior_coefficients(alpha_bar_grid(model.schedule, model.num_blocks))
+    w = model.embedding.matrix()
+    shape = (x.shape[0], model.embedding.dim)
+    if key is None:
+        z, noise = jnp.zeros(shape), jnp.zeros((model.num_blocks, *shape))
+    else:
+        k0, k_eps = jr.split(key)
+        z, noise = jr.normal(k0, shape), jr.normal(k_eps, (model.num_blocks, *shape))
+    logits = None
+    for t in range(model.num_blocks):
+        logits = apply_batched(model.block(t), z, x)
+        u_hat = jax.vmap(expected_embedding, (0, None))(logits, w)
+        z = a[t] * u_hat + b[t] * z + jnp.sqrt(c[t]) * noise[t]
+    return jax.vmap(model.readout)(z), logits, z
+
+
+def _min_distance(w: np.ndarray) -> float:
+    d = np.sqrt(((w[:, None] - w[None]) ** 2).sum(-1))
+    return float(d[np.triu_indices(len(w), 1)].min())
+
+
+def evaluate_run(run: Path, ds, *, chains: int, batch_size: int, seed: int) -> dict:
+    model, _, epoch, _, config = npx.load_run(run, ds)
+    if not isinstance(model, npx.NoPropDT):
+        raise ValueError(f"{run} is a {config['variant']} run; this benchmark reads DT runs")
+    x, y = ds.x_test, np.asarray(ds.y_test)
+    correct = dict(deterministic=0, last_block=0, nearest=0, ensemble=0)
+    w = np.asarray(model.embedding.matrix())
+    for i in range(0, len(x), batch_size):
+        xb, yb = jnp.asarray(x[i : i + batch_size]), y[i : i + batch_size]
+        readout, block_logits, z = _chain(model, xb, None)
+        nearest = -((np.asarray(z)[:, None, :] - w[None]) ** 2).sum(-1)
+        correct["deterministic"] += int((np.argmax(readout, -1) == yb).sum())
+        correct["last_block"] += int((np.argmax(block_logits, -1) == yb).sum())
+        correct["nearest"] += int((np.argmax(nearest, -1) == yb).sum())
+        probs = 0.0
+        for k in range(chains):
+            key = jr.fold_in(jr.fold_in(jr.key(seed), i), k)
+            probs = probs + jax.nn.softmax(_chain(model, xb, key)[0])
+        correct["ensemble"] += int((np.argmax(probs, -1) == yb).sum())
+    accuracy = {k: v / len(y) for k, v in correct.items()}
+    reference = npx.evaluate_accuracy(model, x, y)
+    if abs(reference - accuracy["deterministic"]) > 0.5 / len(y):
+        raise AssertionError(
+            f"{run}: the re-implemented chain gives {accuracy['deterministic']:.4f}, "
+            f"evaluate_accuracy {reference:.4f}"
+        )
+    row = dict(
+        run=str(run),
+        embedding=config["embedding"],
+        prototype_scale=config.get("prototype_scale"),
+        fixed_embedding=bool(config.get("fixed_embedding", False)),
+        seed=config["seed"],
+        epochs=epoch,
+        chains=chains,
+        test_size=len(y),
+        **{k: round(100 * v, 2) for k, v in accuracy.items()},
+    )
+    if config["embedding"] != "one-hot":
+        start = build_model(
+            "DT",
+            num_classes=config["num_classes"],
+            image_shape=tuple(config["image_shape"]),
+            backbone=config["model"],
+            embedding=config["embedding"],
+            embed_dim=config["embed_dim"],
+            num_blocks=config.get("num_blocks", 10),
+            x_train=ds.x_train,
+            y_train=ds.y_train,
+            prototype_scale=config.get("prototype_scale"),
+            fixed_embedding=bool(config.get("fixed_embedding", False)),
+            key=jr.split(jr.fold_in(jr.key(config["seed"]), list(VARIANTS).index("DT")))[0],
+        )
+        w0 = np.asarray(start.embedding.matrix())
+        row.update(
+            norms_start=np.linalg.norm(w0, axis=1).round(3).tolist(),
+            norms_trained=np.linalg.norm(w, axis=1).round(3).tolist(),
+            min_distance_start=round(_min_distance(w0), 3),
+            min_distance_trained=round(_min_distance(w), 3),
+            min_distance=f"{_min_distance(w0):.2f} → {_min_distance(w):.2f}",
+            moved=round(float(np.linalg.norm(w - w0, axis=1).max()), 3),
+        )
+    return row
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--run-dir", type=Path, nargs="+", required=True, help="DT run folders")
+    p.add_argument("--data-dir", default=None, help="as for `noprop-eqx train --data-dir`")
+    p.add_argument("--chains", type=int, default=16, help="stochastic chains in the ensemble")
+    p.add_argument("--limit-test", type=int, default=None, help="first N test images only")
+    p.add_argument("--batch-size", type=int, default=1000)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.chains, args.limit_test = 2, args.limit_test or 200
+    if args.chains < 1:
+        p.error(f"--chains must be at least 1, got {args.chains}")
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    rows, datasets = [], {}
+    for run in args.run_dir:
+        config_path = run / "config.json"
+        if not config_path.is_file():
+            raise SystemExit(f"dt_readouts: error: no config.json in {run}")
+        config = json.loads(config_path.read_text())
+        name = (config["dataset"], config["limit_train"])
+        if name not in datasets:
+            ds = npx.data.load_dataset(config["dataset"], args.data_dir)
+            datasets[name] = ds.subset(config["limit_train"], args.limit_test)
+        row = evaluate_run(
+            run, datasets[name], chains=args.chains, batch_size=args.batch_size, seed=args.seed
+        )
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+        write_results("dt_readouts", args, rows, COLUMNS, quiet=True)
+    write_results("dt_readouts", args, rows, COLUMNS)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
