@@ -357,3 +357,26 @@ def test_results_table_names_the_prototype_scale():
     assert module.embedding_cell(record) == "prototype (one-hot scale, fixed)"
     record = {"embedding": "prototype", "prototype_scale": "raw", "fixed_embedding": True}
     assert module.embedding_cell(record) == "prototype (fixed)"
+
+
+def test_plot_metrics(tmp_path):
+    module = _load_script("plot_metrics")
+    paths = []
+    for name, accs in (("a", [0.9, 0.95]), ("b", [0.92, 0.96, 0.97])):
+        path = tmp_path / f"{name}.jsonl"
+        lines = [
+            dict(epoch=i + 1, test_accuracy=a, train_time_s=60.0 * (i + 1))
+            for i, a in enumerate(accs)
+        ]
+        path.write_text("".join(json.dumps(m) + "\n" for m in lines))
+        paths.append(f"{name}={path}")
+    assert module.read_series(tmp_path / "b.jsonl") == dict(
+        epoch=[1, 2, 3], accuracy=[92.0, 96.0, 97.0], minutes=[1.0, 2.0, 3.0]
+    )
+    out = module.main([*paths, "--out", str(tmp_path / "p.png"), "--target", "96"])
+    assert out.stat().st_size > 1000
+    (tmp_path / "bad.jsonl").write_text('{"epoch": 1}\n')
+    with pytest.raises(ValueError, match=r"not a noprop-eqx metrics.jsonl: no \['test_accuracy'"):
+        module.read_series(tmp_path / "bad.jsonl")
+    with pytest.raises(SystemExit):
+        module.main(["no-equals-sign", "--out", str(tmp_path / "x.png")])
