@@ -39,16 +39,27 @@ from noprop_eqx.models import apply_batched
 from noprop_eqx.noise_schedules import alpha_bar_grid, posterior_coefficients
 
 COLUMNS = [
-    ("run", "run"),
-    ("embedding", "embedding"),
+    ("label", "run"),
     ("epochs", "epochs"),
-    ("deterministic", "deterministic %"),
-    ("last_block", "last block %"),
-    ("nearest", "nearest embedding %"),
-    ("ensemble", "stochastic ensemble %"),
+    ("deterministic_pct", "deterministic %"),
+    ("last_block_pct", "last block %"),
+    ("nearest_pct", "nearest embedding %"),
+    ("ensemble_pct", "stochastic ensemble %"),
     ("min_distance", "min class distance (start → trained)"),
     ("moved", "max row moved"),
 ]
+READOUTS = ("deterministic", "last_block", "nearest", "ensemble")
+
+
+def with_display(row: dict) -> dict:
+    """`row` plus the table's text cells: a run label and accuracies to 0.01 points."""
+    label = row["embedding"]
+    if label == "prototype":
+        scale = row.get("prototype_scale") or "raw"
+        label += " (raw" if scale == "raw" else f" ({scale} scale"
+        label += ", fixed)" if row.get("fixed_embedding") else ", trained)"
+    cells = {f"{k}_pct": f"{row[k]:.2f}" for k in READOUTS}
+    return dict(row, label=f"{label}, seed {row['seed']}", **cells)
 
 
 @eqx.filter_jit
@@ -170,7 +181,7 @@ def main(argv=None) -> list[dict]:
             run, datasets[name], chains=args.chains, batch_size=args.batch_size, seed=args.seed
         )
         print(json.dumps(row), file=sys.stderr, flush=True)
-        rows.append(row)
+        rows.append(with_display(row))
         write_results("dt_readouts", args, rows, COLUMNS, quiet=True)
     write_results("dt_readouts", args, rows, COLUMNS)
     return rows
