@@ -33,10 +33,8 @@ import numpy as np
 from _common import base_parser, write_results
 
 import noprop_eqx as npx
-from noprop_eqx._loop import VARIANTS, build_model
-from noprop_eqx._losses import expected_embedding
-from noprop_eqx.models import apply_batched
-from noprop_eqx.noise_schedules import alpha_bar_grid, posterior_coefficients
+from noprop_eqx._checkpoint import model_from_config
+from noprop_eqx._loop import run_keys
 
 COLUMNS = [
     ("label", "run"),
@@ -64,21 +62,9 @@ def with_display(row: dict) -> dict:
 
 @eqx.filter_jit
 def _chain(model: npx.NoPropDT, x, key):
-    """Eq. 3 as in `NoPropDT.logits`, also returning block T's logits and the final z_T."""
-    a, b, c = posterior_coefficients(alpha_bar_grid(model.schedule, model.num_blocks))
-    w = model.embedding.matrix()
-    shape = (x.shape[0], model.embedding.dim)
-    if key is None:
-        z, noise = jnp.zeros(shape), jnp.zeros((model.num_blocks, *shape))
-    else:
-        k0, k_eps = jr.split(key)
-        z, noise = jr.normal(k0, shape), jr.normal(k_eps, (model.num_blocks, *shape))
-    logits = None
-    for t in range(model.num_blocks):
-        logits = apply_batched(model.block(t), z, x)
-        u_hat = jax.vmap(expected_embedding, (0, None))(logits, w)
-        z = a[t] * u_hat + b[t] * z + jnp.sqrt(c[t]) * noise[t]
-    return jax.vmap(model.readout)(z), logits, z
+    """Eq. 3 (`NoPropDT.denoise_chain`): readout logits, block T's logits and z_T."""
+    z, block_logits = model.denoise_chain(x, key=key)
+    return jax.vmap(model.readout)(z), block_logits, z
 
 
 def _min_distance(w: np.ndarray) -> float:
@@ -91,7 +77,7 @@ def evaluate_run(run: Path, ds, *, chains: int, batch_size: int, seed: int) -> d
     if not isinstance(model, npx.NoPropDT):
         raise ValueError(f"{run} is a {config['variant']} run; this benchmark reads DT runs")
     x, y = ds.x_test, np.asarray(ds.y_test)
-    correct = dict(deterministic=0, last_block=0, nearest=0, ensemble=0)
+    correct = dict.fromkeys(READOUTS, 0)
     w = np.asarray(model.embedding.matrix())
     for i in range(0, len(x), batch_size):
         xb, yb = jnp.asarray(x[i : i + batch_size]), y[i : i + batch_size]
@@ -124,20 +110,7 @@ def evaluate_run(run: Path, ds, *, chains: int, batch_size: int, seed: int) -> d
         **{k: round(100 * v, 2) for k, v in accuracy.items()},
     )
     if config["embedding"] != "one-hot":
-        start = build_model(
-            "DT",
-            num_classes=config["num_classes"],
-            image_shape=tuple(config["image_shape"]),
-            backbone=config["model"],
-            embedding=config["embedding"],
-            embed_dim=config["embed_dim"],
-            num_blocks=config.get("num_blocks", 10),
-            x_train=ds.x_train,
-            y_train=ds.y_train,
-            prototype_scale=config.get("prototype_scale"),
-            fixed_embedding=bool(config.get("fixed_embedding", False)),
-            key=jr.split(jr.fold_in(jr.key(config["seed"]), list(VARIANTS).index("DT")))[0],
-        )
+        start = model_from_config(config, ds, key=run_keys(config["seed"], "DT")[0])
         w0 = np.asarray(start.embedding.matrix())
         row.update(
             norms_start=np.linalg.norm(w0, axis=1).round(3).tolist(),

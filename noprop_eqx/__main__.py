@@ -37,6 +37,7 @@ from ._loop import (
     VARIANTS,
     build_model,
     resolve_embed_dim,
+    run_keys,
     solver_kwargs,
     stochastic_accuracy,
     train_epoch,
@@ -361,8 +362,7 @@ def train_variant(
         num_classes=ds.num_classes,
         image_shape=list(ds.image_shape),
     )
-    # Keys depend on the seed and the variant only, not on which other variants run.
-    k_model, k_train = jr.split(jr.fold_in(jr.key(args.seed), list(VARIANTS).index(variant)))
+    k_model, k_train = run_keys(args.seed, variant)
     model = build_model(
         variant,
         num_classes=ds.num_classes,

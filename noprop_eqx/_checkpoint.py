@@ -68,26 +68,12 @@ def load_checkpoint(
     return loaded["model"], loaded["opt_state"], int(loaded["epoch"]), new_key
 
 
-def load_run(
-    run_dir: str | os.PathLike, dataset
-) -> tuple[eqx.Module, PyTree, int, PRNGKeyArray, dict]:
-    """Restores the latest checkpoint of a `noprop-eqx train` run folder (`run_dir` holds
-    `config.json` and `checkpoint.eqx`).
-
-    **Arguments:** `dataset` is the `ImageDataset` the run was trained on (after any
-    `limit_train`); a prototype embedding's skeleton is built from its training images.
-
-    **Returns:** `(model, opt_state, epoch, key, config)`.
-    """
+def model_from_config(config: dict, dataset, *, key: PRNGKeyArray) -> eqx.Module:
+    """The model a run's `config.json` describes, freshly initialised with `key` (`dataset`:
+    the run's training data, for a prototype embedding)."""
     from ._loop import build_model
-    from ._train import init_optimizer_state, paper_optimizer
 
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"no config.json in {run_dir}: not a noprop-eqx run folder")
-    config = json.loads(config_path.read_text())
-    model = build_model(
+    return build_model(
         config["variant"],
         num_classes=config["num_classes"],
         image_shape=tuple(config["image_shape"]),
@@ -99,8 +85,29 @@ def load_run(
         y_train=dataset.y_train,
         prototype_scale=config.get("prototype_scale"),
         fixed_embedding=bool(config.get("fixed_embedding", False)),
-        key=jr.key(0),
+        key=key,
     )
+
+
+def load_run(
+    run_dir: str | os.PathLike, dataset
+) -> tuple[eqx.Module, PyTree, int, PRNGKeyArray, dict]:
+    """Restores the latest checkpoint of a `noprop-eqx train` run folder (`run_dir` holds
+    `config.json` and `checkpoint.eqx`).
+
+    **Arguments:** `dataset` is the `ImageDataset` the run was trained on (after any
+    `limit_train`); a prototype embedding's skeleton is built from its training images.
+
+    **Returns:** `(model, opt_state, epoch, key, config)`.
+    """
+    from ._train import init_optimizer_state, paper_optimizer
+
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no config.json in {run_dir}: not a noprop-eqx run folder")
+    config = json.loads(config_path.read_text())
+    model = model_from_config(config, dataset, key=jr.key(0))
     optimizer = paper_optimizer(
         model, learning_rate=config["lr"], weight_decay=config["weight_decay"]
     )

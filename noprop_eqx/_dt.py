@@ -189,6 +189,14 @@ class NoPropDT(eqx.Module):
         """Inference by Eq. 3: z_0 ~ N(0, I); z_t = a_t û_θt(z_{t-1}, x) + b_t z_{t-1} + √c_t ε;
         returns readout(z_T). With `key=None` the chain is deterministic (z_0 = 0, ε = 0);
         with a key it is the paper's stochastic sampler. Dropout is off either way."""
+        z, _ = self.denoise_chain(x, key=key)
+        return jax.vmap(self.readout)(z)
+
+    def denoise_chain(
+        self, x: Shaped[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None
+    ) -> tuple[Float[Array, "batch dim"], Float[Array, "batch classes"]]:
+        """The chain of `logits` (see there for `key`): returns z_T and block T's class
+        logits, before the readout."""
         x = check_images(x, self.image_shape)
         a, b, c = posterior_coefficients(alpha_bar_grid(self.schedule, self.num_blocks))
         w_embed = self.embedding.matrix()
@@ -199,11 +207,12 @@ class NoPropDT(eqx.Module):
             k0, k_eps = jr.split(key)
             z = jr.normal(k0, shape)
             noise = jr.normal(k_eps, (self.num_blocks, *shape))
+        logits = None
         for t in range(self.num_blocks):
             logits = apply_batched(self.block(t), z, x)
             u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
             z = a[t] * u_hat + b[t] * z + jnp.sqrt(c[t]) * noise[t]
-        return jax.vmap(self.readout)(z)
+        return z, logits
 
     def predict(
         self, x: Shaped[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None

@@ -124,6 +124,13 @@ def build_model(
     )
 
 
+def run_keys(seed: int, variant: str) -> tuple[PRNGKeyArray, PRNGKeyArray]:
+    """(model key, training key) of a `noprop-eqx train` run: functions of the seed and the
+    variant only, not of which other variants run."""
+    k_model, k_train = jr.split(jr.fold_in(jr.key(seed), list(VARIANTS).index(variant)))
+    return k_model, k_train
+
+
 def epoch_keys(base_key: PRNGKeyArray, epoch: int) -> tuple[PRNGKeyArray, PRNGKeyArray]:
     """(shuffle key, step key) of 1-based `epoch`: functions of `base_key` and `epoch` only."""
     return tuple(jr.split(jr.fold_in(base_key, epoch)))  # type: ignore[return-value]
