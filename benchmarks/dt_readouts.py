@@ -4,6 +4,10 @@ For each DT run folder of `noprop-eqx train`, on the test set:
 
 - `deterministic`: the library's `predict` (z_0 = 0, no noise in Eq. 3; the trained readout);
 - `last_block`: the argmax of block T's class logits in that deterministic chain;
+- `blocks`: `predict(x, readout="blocks")`, the argmax of the T blocks' class probabilities
+  averaged along that chain (checked against `evaluate_accuracy(..., readout="blocks")`);
+- `per_block`: each block's own argmax along that chain, block 1 to T (how many blocks
+  classify the image, and how many copy the label already in z);
 - `nearest`: the class whose embedding u_y is closest to the final z_T (the readout's start);
 - `ensemble_K`: the argmax of the readout's softmax averaged over K stochastic chains (Eq. 3
   with z_0 ~ N(0, I) and its noise), i.e. K times the inference work.
@@ -41,12 +45,14 @@ COLUMNS = [
     ("epochs", "epochs"),
     ("deterministic_pct", "deterministic %"),
     ("last_block_pct", "last block %"),
+    ("blocks_pct", "block average %"),
     ("nearest_pct", "nearest embedding %"),
     ("ensemble_pct", "stochastic ensemble %"),
+    ("per_block_text", "each block's own argmax %, block 1 → T"),
     ("min_distance", "min class distance (start → trained)"),
     ("moved", "max row moved"),
 ]
-READOUTS = ("deterministic", "last_block", "nearest", "ensemble")
+READOUTS = ("deterministic", "last_block", "blocks", "nearest", "ensemble")
 
 
 def with_display(row: dict) -> dict:
@@ -57,12 +63,13 @@ def with_display(row: dict) -> dict:
         label += " (raw" if scale == "raw" else f" ({scale} scale"
         label += ", fixed)" if row.get("fixed_embedding") else ", trained)"
     cells = {f"{k}_pct": f"{row[k]:.2f}" for k in READOUTS}
-    return dict(row, label=f"{label}, seed {row['seed']}", **cells)
+    per_block = ", ".join(f"{a:.2f}" for a in row["per_block"])
+    return dict(row, label=f"{label}, seed {row['seed']}", per_block_text=per_block, **cells)
 
 
 @eqx.filter_jit
 def _chain(model: npx.NoPropDT, x, key):
-    """Eq. 3 (`NoPropDT.denoise_chain`): readout logits, block T's logits and z_T."""
+    """Eq. 3 (`NoPropDT.denoise_chain`): readout logits, every block's logits and z_T."""
     z, block_logits = model.denoise_chain(x, key=key)
     return jax.vmap(model.readout)(z), block_logits, z
 
@@ -78,13 +85,18 @@ def evaluate_run(run: Path, ds, *, chains: int, batch_size: int, seed: int) -> d
         raise ValueError(f"{run} is a {config['variant']} run; this benchmark reads DT runs")
     x, y = ds.x_test, np.asarray(ds.y_test)
     correct = dict.fromkeys(READOUTS, 0)
+    per_block = np.zeros(model.num_blocks, dtype=np.int64)
     w = np.asarray(model.embedding.matrix())
     for i in range(0, len(x), batch_size):
         xb, yb = jnp.asarray(x[i : i + batch_size]), y[i : i + batch_size]
         readout, block_logits, z = _chain(model, xb, None)
         nearest = -((np.asarray(z)[:, None, :] - w[None]) ** 2).sum(-1)
         correct["deterministic"] += int((np.argmax(readout, -1) == yb).sum())
-        correct["last_block"] += int((np.argmax(block_logits, -1) == yb).sum())
+        block_pred = np.argmax(block_logits, -1)
+        per_block += (block_pred == yb[None]).sum(axis=1)
+        correct["last_block"] += int((block_pred[-1] == yb).sum())
+        mean_probs = np.mean(jax.nn.softmax(block_logits, axis=-1), axis=0)
+        correct["blocks"] += int((np.argmax(mean_probs, -1) == yb).sum())
         correct["nearest"] += int((np.argmax(nearest, -1) == yb).sum())
         probs = 0.0
         for k in range(chains):
@@ -92,12 +104,13 @@ def evaluate_run(run: Path, ds, *, chains: int, batch_size: int, seed: int) -> d
             probs = probs + jax.nn.softmax(_chain(model, xb, key)[0])
         correct["ensemble"] += int((np.argmax(probs, -1) == yb).sum())
     accuracy = {k: v / len(y) for k, v in correct.items()}
-    reference = npx.evaluate_accuracy(model, x, y)
-    if abs(reference - accuracy["deterministic"]) > 0.5 / len(y):
-        raise AssertionError(
-            f"{run}: the re-implemented chain gives {accuracy['deterministic']:.4f}, "
-            f"evaluate_accuracy {reference:.4f}"
-        )
+    for name, readout in (("deterministic", "final"), ("blocks", "blocks")):
+        reference = npx.evaluate_accuracy(model, x, y, readout=readout)
+        if abs(reference - accuracy[name]) > 0.5 / len(y):
+            raise AssertionError(
+                f"{run}: the re-implemented chain gives {name} {accuracy[name]:.4f}, "
+                f"evaluate_accuracy(readout={readout!r}) {reference:.4f}"
+            )
     row = dict(
         run=str(run),
         embedding=config["embedding"],
@@ -108,6 +121,7 @@ def evaluate_run(run: Path, ds, *, chains: int, batch_size: int, seed: int) -> d
         chains=chains,
         test_size=len(y),
         **{k: round(100 * v, 2) for k, v in accuracy.items()},
+        per_block=[round(100 * c / len(y), 2) for c in per_block.tolist()],
     )
     if config["embedding"] != "one-hot":
         start = model_from_config(config, ds, key=run_keys(config["seed"], "DT")[0])

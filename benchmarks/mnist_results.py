@@ -63,8 +63,8 @@ def embedding_cell(r: dict) -> str:
 def table(records: list[dict]) -> str:
     head = (
         "| variant | embedding | model | train / test images | epochs | test acc. % "
-        "| deterministic % | best % (epoch) | inference (NFE) | train time | wall time "
-        "| paper % | device | compute | commit |"
+        "| deterministic % | block average % | best % (epoch) | inference (NFE) | train time "
+        "| wall time | paper % | device | compute | commit |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
@@ -88,6 +88,7 @@ def table(records: list[dict]) -> str:
                     str(r["epochs"]) + (" (cosine lr)" if r.get("lr_schedule") == "cosine" else ""),
                     accuracy_cell(r),
                     _pct(r.get("accuracy_deterministic")),
+                    _pct(r.get("accuracy_blocks")),
                     f"{_pct(r['best_accuracy'])} ({r.get('best_epoch', '?')})",
                     infer,
                     f"{r['train_time_s'] / 60:.1f} min",

@@ -25,6 +25,7 @@ from .noise_schedules import (
 )
 
 STRATEGIES = ("loop", "vmap", "scan")
+READOUTS = ("final", "blocks")
 
 
 def default_dt_strategy(backend: str | None = None) -> str:
@@ -184,19 +185,34 @@ class NoPropDT(eqx.Module):
         return loss, aux
 
     def logits(
-        self, x: Shaped[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None
+        self,
+        x: Shaped[ArrayLike, "batch c h w"],
+        *,
+        key: PRNGKeyArray | None = None,
+        readout: str = "final",
     ) -> Float[Array, "batch classes"]:
-        """Inference by Eq. 3: z_0 ~ N(0, I); z_t = a_t û_θt(z_{t-1}, x) + b_t z_{t-1} + √c_t ε;
-        returns readout(z_T). With `key=None` the chain is deterministic (z_0 = 0, ε = 0);
-        with a key it is the paper's stochastic sampler. Dropout is off either way."""
-        z, _ = self.denoise_chain(x, key=key)
-        return jax.vmap(self.readout)(z)
+        """Inference by Eq. 3: z_0 ~ N(0, I); z_t = a_t û_θt(z_{t-1}, x) + b_t z_{t-1} + √c_t ε.
+        With `key=None` the chain is deterministic (z_0 = 0, ε = 0); with a key it is the
+        paper's stochastic sampler. Dropout is off either way.
+
+        `readout` picks what the chain's class comes from:
+        - "final" (default, the paper's): the linear readout of z_T;
+        - "blocks": the log of the mean of the T blocks' class probabilities
+          softmax(logits_t) along the same chain. Each block is a classifier trained on its own,
+          so this averages T classifiers at no extra cost (see the README's "DT read-outs").
+        """
+        if readout not in READOUTS:
+            raise ValueError(f"expected readout to be one of {READOUTS}, got {readout!r}")
+        z, block_logits = self.denoise_chain(x, key=key)
+        if readout == "final":
+            return jax.vmap(self.readout)(z)
+        return jnp.log(jnp.mean(jax.nn.softmax(block_logits, axis=-1), axis=0))
 
     def denoise_chain(
         self, x: Shaped[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None
-    ) -> tuple[Float[Array, "batch dim"], Float[Array, "batch classes"]]:
-        """The chain of `logits` (see there for `key`): returns z_T and block T's class
-        logits, before the readout."""
+    ) -> tuple[Float[Array, "batch dim"], Float[Array, "T batch classes"]]:
+        """The chain of `logits` (see there for `key`): returns z_T and every block's class
+        logits along the chain (block t's on its input z_{t-1}), before any readout."""
         x = check_images(x, self.image_shape)
         a, b, c = posterior_coefficients(alpha_bar_grid(self.schedule, self.num_blocks))
         w_embed = self.embedding.matrix()
@@ -207,18 +223,23 @@ class NoPropDT(eqx.Module):
             k0, k_eps = jr.split(key)
             z = jr.normal(k0, shape)
             noise = jr.normal(k_eps, (self.num_blocks, *shape))
-        logits = None
+        all_logits = []
         for t in range(self.num_blocks):
             logits = apply_batched(self.block(t), z, x)
             u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
             z = a[t] * u_hat + b[t] * z + jnp.sqrt(c[t]) * noise[t]
-        return z, logits
+            all_logits.append(logits)
+        return z, jnp.stack(all_logits)
 
     def predict(
-        self, x: Shaped[ArrayLike, "batch c h w"], *, key: PRNGKeyArray | None = None
+        self,
+        x: Shaped[ArrayLike, "batch c h w"],
+        *,
+        key: PRNGKeyArray | None = None,
+        readout: str = "final",
     ) -> Int[Array, " batch"]:
-        """argmax of `logits` (see there for `key`)."""
-        return jnp.argmax(self.logits(x, key=key), axis=-1)
+        """argmax of `logits` (see there for `key` and `readout`)."""
+        return jnp.argmax(self.logits(x, key=key, readout=readout), axis=-1)
 
 
 def _sample_q_batch(

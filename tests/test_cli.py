@@ -10,6 +10,8 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+import noprop_eqx as npx
+from noprop_eqx import data as data_lib
 from noprop_eqx.__main__ import main
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
@@ -103,6 +105,13 @@ def test_results_schema(digits_run):
     assert len(dt["accuracy_stochastic_runs"]) == 5
     assert dt["accuracy_stochastic_se"] >= 0
     assert dt["accuracy_deterministic"] == dt["final_accuracy"]
+    # The block-average read-out of the saved model, recomputed here.
+    from noprop_eqx._checkpoint import load_run
+
+    ds = data_lib.load_dataset("digits").subset(256, 100)
+    model = load_run(runs / "DT", ds)[0]
+    blocks = npx.evaluate_accuracy(model, ds.x_test, ds.y_test, readout="blocks")
+    assert dt["accuracy_blocks"] == blocks
     for v in ("CT", "FM"):  # Heun, 4 steps, 2 evaluations each
         assert by_variant[v]["inference_solver"] == "heun"
         assert by_variant[v]["nfe"] == 8
@@ -133,6 +142,7 @@ def test_results_table(digits_run, tmp_path):
     dt = json.loads(results.read_text())[0]
     mean, se = 100 * dt["accuracy_stochastic_mean"], 100 * dt["accuracy_stochastic_se"]
     assert f"{mean:.2f} ± {se:.2f} (n=5)" in lines[2]
+    assert f"| {100 * dt['accuracy_blocks']:.2f} |" in lines[2]
 
 
 def test_solver_study_quick(digits_run, tmp_path):
@@ -155,8 +165,9 @@ def test_dt_readouts_quick(digits_run, tmp_path):
     (row,) = _load_script("dt_readouts").main(argv)
     # The benchmark checks its deterministic chain against evaluate_accuracy itself.
     assert row["chains"] == 2 and row["test_size"] == 200
-    for name in ("deterministic", "last_block", "nearest", "ensemble"):
+    for name in ("deterministic", "last_block", "blocks", "nearest", "ensemble"):
         assert 0 <= row[name] <= 100
+    assert len(row["per_block"]) == 2 and row["per_block"][-1] == row["last_block"]
     assert "moved" not in row  # one-hot embeddings never train
     assert (tmp_path / "dt_readouts.md").read_text().count("\n|") >= 2
     with pytest.raises(ValueError, match="is a FM run; this benchmark reads DT runs"):
@@ -284,7 +295,6 @@ def test_prototype_scale_is_recorded_and_pinned_on_resume(tmp_path):
     assert config["prototype_scale"] == summary["prototype_scale"] == "one-hot"
     # The run folder reloads, as the solver study reloads runs (test_solver_study_quick covers
     # one-hot runs, whose config holds a null prototype scale).
-    from noprop_eqx import data as data_lib
     from noprop_eqx._checkpoint import load_run
 
     ds = data_lib.load_dataset("digits").subset(128, 64)
@@ -313,7 +323,6 @@ def test_fixed_embedding_is_recorded_kept_and_pinned_on_resume(tmp_path):
     config = json.loads((run / "config.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     assert config["fixed_embedding"] is summary["fixed_embedding"] is True
-    from noprop_eqx import data as data_lib
     from noprop_eqx._checkpoint import load_run
     from noprop_eqx._loop import build_model
 
