@@ -170,6 +170,7 @@ def test_dt_readouts_quick(digits_run, tmp_path):
     assert len(row["per_block"]) == 2 and row["per_block"][-1] == row["last_block"]
     assert "moved" not in row  # one-hot embeddings never train
     assert (tmp_path / "dt_readouts.md").read_text().count("\n|") >= 2
+    assert (tmp_path / "dt_readouts.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="is a FM run; this benchmark reads DT runs"):
         _load_script("dt_readouts").main(["--run-dir", str(runs / "FM"), "--quick"])
 
