@@ -63,7 +63,7 @@ def with_display(row: dict) -> dict:
         scale = row.get("prototype_scale") or "raw"
         label += " (raw" if scale == "raw" else f" ({scale} scale"
         label += ", fixed)" if row.get("fixed_embedding") else ", trained)"
-    cells = {f"{k}_pct": f"{row[k]:.2f}" for k in READOUTS}
+    cells = {f"{k}_pct": "–" if row[k] is None else f"{row[k]:.2f}" for k in READOUTS}
     per_block = ", ".join(f"{a:.2f}" for a in row["per_block"])
     return dict(row, label=f"{label}, seed {row['seed']}", per_block_text=per_block, **cells)
 
@@ -103,8 +103,11 @@ def evaluate_run(run: Path, ds, *, chains: int, batch_size: int, seed: int) -> d
         for k in range(chains):
             key = jr.fold_in(jr.fold_in(jr.key(seed), i), k)
             probs = probs + jax.nn.softmax(_chain(model, xb, key)[0])
-        correct["ensemble"] += int((np.argmax(probs, -1) == yb).sum())
+        if chains:
+            correct["ensemble"] += int((np.argmax(probs, -1) == yb).sum())
     accuracy = {k: v / len(y) for k, v in correct.items()}
+    if not chains:
+        accuracy["ensemble"] = None
     for name, readout in (("deterministic", "final"), ("blocks", "blocks")):
         reference = npx.evaluate_accuracy(model, x, y, readout=readout)
         if abs(reference - accuracy[name]) > 0.5 / len(y):
@@ -121,7 +124,7 @@ def evaluate_run(run: Path, ds, *, chains: int, batch_size: int, seed: int) -> d
         epochs=epoch,
         chains=chains,
         test_size=len(y),
-        **{k: round(100 * v, 2) for k, v in accuracy.items()},
+        **{k: None if v is None else round(100 * v, 2) for k, v in accuracy.items()},
         per_block=[round(100 * c / len(y), 2) for c in per_block.tolist()],
     )
     if config["embedding"] != "one-hot":
@@ -169,14 +172,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--run-dir", type=Path, nargs="+", required=True, help="DT run folders")
     p.add_argument("--data-dir", default=None, help="as for `noprop-eqx train --data-dir`")
-    p.add_argument("--chains", type=int, default=16, help="stochastic chains in the ensemble")
+    p.add_argument(
+        "--chains", type=int, default=16, help="stochastic chains in the ensemble (0 skips it)"
+    )
     p.add_argument("--limit-test", type=int, default=None, help="first N test images only")
     p.add_argument("--batch-size", type=int, default=1000)
     args = p.parse_args(argv)
     if args.quick:
         args.chains, args.limit_test = 2, args.limit_test or 200
-    if args.chains < 1:
-        p.error(f"--chains must be at least 1, got {args.chains}")
+    if args.chains < 0:
+        p.error(f"--chains must be 0 or more, got {args.chains}")
     return args
 
 
