@@ -70,13 +70,9 @@ def apply_jax_options(args: argparse.Namespace) -> None:
 
 
 def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+    from noprop_eqx.__main__ import cpu_model as model_name
+
+    return model_name()
 
 
 def git_commit() -> str | None:

@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -255,9 +256,25 @@ def run_dir_name(variant: str, embedding: str) -> str:
     return variant if embedding == "one-hot" else f"{variant}-{embedding}"
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (else `platform.processor()`, else None). Also
+    used by the benchmark scripts."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def _device() -> str:
+    """The device a run trains on, e.g. "NVIDIA H200 (gpu)" or "cpu (AMD EPYC, 2 cores)"."""
     d = jax.devices()[0]
-    return f"{d.device_kind} ({d.platform})"
+    if d.platform != "cpu":
+        return f"{d.device_kind} ({d.platform})"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"cpu ({cpu_model() or 'unknown CPU'}, {cores} cores)"
 
 
 def git_commit(cwd: Path | None = None, *, short: bool = True) -> str | None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.random as jr
 import numpy as np
 import pytest
@@ -100,6 +101,8 @@ def test_results_schema(digits_run):
         assert r["best_accuracy"] >= r["final_accuracy"]
         assert r["command"].startswith("noprop-eqx train")
         assert r["device"]
+        if jax.default_backend() == "cpu":  # names the processor, e.g. "cpu (AMD EPYC, 2 cores)"
+            assert r["device"].startswith("cpu (") and r["device"].endswith(" cores)")
     by_variant = {r["variant"]: r for r in records}
     dt = by_variant["DT"]
     assert len(dt["accuracy_stochastic_runs"]) == 5
