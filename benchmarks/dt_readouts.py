@@ -153,7 +153,8 @@ def plot_per_block(rows: list[dict], path: Path) -> Path:
     for row in rows:
         per_block = row["per_block"]
         blocks = list(range(1, len(per_block) + 1))
-        (line,) = ax.plot(blocks, per_block, marker="o", label=row["label"])
+        label = f"{row['label']}, epoch {row['epochs']}"
+        (line,) = ax.plot(blocks, per_block, marker="o", label=label)
         right = len(per_block) + 0.6
         ax.plot([right], [row["deterministic"]], marker="s", color=line.get_color())
         ax.plot([right + 0.4], [row["blocks"]], marker="*", ms=11, color=line.get_color())
