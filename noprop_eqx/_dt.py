@@ -199,7 +199,7 @@ class NoPropDT(eqx.Module):
         - "final" (default, the paper's): the linear readout of z_T;
         - "blocks": the log of the mean of the T blocks' class probabilities
           softmax(logits_t) along the same chain. Each block is a classifier trained on its own,
-          so this averages T classifiers at no extra cost (see the README's "DT read-outs").
+          so this averages T classifiers at no extra cost ("DT read-out" in the README).
         """
         if readout not in READOUTS:
             raise ValueError(f"expected readout to be one of {READOUTS}, got {readout!r}")
