@@ -25,6 +25,7 @@ SCRIPTS = {
     "torch_reference.py": [],
     "epoch_time.py": ["--variants", "DT", "--steps-per-call", "2", "--modes", "host", "host-scan"],
     "conv_kernels.py": [],
+    "pool_order.py": ["--variants", "DT-blockwise"],
 }
 
 
@@ -197,3 +198,40 @@ def test_conv_kernels_compute_the_gradients_they_name():
     for name, expected in (("forward", y), ("input gradient", dx), ("weight gradient", dw)):
         fn, args = fns[name]
         np.testing.assert_allclose(np.asarray(fn(*args)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_pool_order(runs):
+    stdout, tmp_path = finish(runs, "pool_order.py")
+    assert "orders agree" in stdout
+    rows = load(tmp_path, "pool_order")["rows"]
+    assert [(r["variant"], r["order"]) for r in rows] == [
+        ("DT-blockwise", "pool-first"),
+        ("DT-blockwise", "relu-first"),
+    ]
+    for row in rows:
+        check_timing(row["seconds"])
+    assert rows[0]["time_over_pool_first"] == 1.0
+
+
+def test_pool_order_reference_is_the_textbook_order(getkey):
+    """The benchmark's "relu-first" stack is conv + bias → ReLU → pool, as written out here."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import pool_order
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import jax
+    import jax.random as jr
+
+    from noprop_eqx.models import PaperConvStack
+
+    stack = PaperConvStack((1, 16, 16), dropout=0.2, key=getkey())
+    x = jr.normal(getkey(), (1, 16, 16))
+    h = jax.nn.relu(stack.convs[0](x))[:, :14, :14].reshape(32, 7, 2, 7, 2).max((2, 4))
+    h = jax.nn.relu(stack.convs[1](h))
+    h = jax.nn.relu(stack.convs[2](h))[:, :2, :2].reshape(128, 1, 2, 1, 2).max((2, 4))
+    with pool_order.stack_order("relu-first"):
+        assert PaperConvStack.__call__ is pool_order._relu_first_call
+        got = stack(x, key=None)
+    np.testing.assert_allclose(got, h.reshape(-1), rtol=1e-5, atol=1e-5)
+    assert PaperConvStack.__call__ is not pool_order._relu_first_call  # restored on exit

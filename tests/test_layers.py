@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from noprop_eqx.models import PaperConvStack
-from noprop_eqx.models._layers import conv_hwc, dropout, hash_bits, max_pool_hwc
+from noprop_eqx.models._layers import (
+    conv_hwc,
+    conv_pool_relu_hwc,
+    dropout,
+    hash_bits,
+    max_pool_hwc,
+)
 
 
 @pytest.mark.parametrize(
@@ -37,20 +43,51 @@ def test_max_pool_hwc_brute_force(getkey):
     np.testing.assert_array_equal(max_pool_hwc(jnp.asarray(x)), expected)
 
 
+def _pool_chw(h):
+    c, hh, ww = h.shape
+    return h[:, : hh // 2 * 2, : ww // 2 * 2].reshape(c, hh // 2, 2, ww // 2, 2).max((2, 4))
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_conv_pool_relu_hwc_equals_relu_then_pool_with_gradients(getkey, use_bias):
+    conv = eqx.nn.Conv2d(3, 8, 3, use_bias=use_bias, key=getkey())
+    if use_bias:  # biases of both signs, large enough to move many pre-activations across 0
+        conv = eqx.tree_at(lambda c: c.bias, conv, jr.normal(getkey(), conv.bias.shape))
+    x = jr.normal(getkey(), (3, 11, 10))
+    cotangent = jr.normal(getkey(), (8, 4, 4))
+
+    def reference(conv, x):  # channels first: conv (with bias) → ReLU → pool
+        return jnp.sum(_pool_chw(jax.nn.relu(conv(x))) * cotangent)
+
+    def fast(conv, x):
+        y = conv_pool_relu_hwc(conv, jnp.transpose(x, (1, 2, 0)))
+        return jnp.sum(jnp.transpose(y, (2, 0, 1)) * cotangent)
+
+    value, grads = eqx.filter_value_and_grad(reference)(conv, x)
+    got_value, got_grads = eqx.filter_value_and_grad(fast)(conv, x)
+    np.testing.assert_allclose(got_value, value, rtol=1e-5, atol=1e-5)
+    assert np.any(np.asarray(grads.weight) != 0)
+    for got, expected in zip(jax.tree.leaves(got_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_paper_conv_stack_equals_its_channels_first_reference(getkey):
     stack = PaperConvStack((3, 32, 32), dropout=0.2, key=getkey())
     x = jr.normal(getkey(), (3, 32, 32))
+    cotangent = jr.normal(getkey(), (stack.out_features,))
 
-    def pool(h):  # (c, h, w)
-        c, hh, ww = h.shape
-        return h[:, : hh // 2 * 2, : ww // 2 * 2].reshape(c, hh // 2, 2, ww // 2, 2).max((2, 4))
+    def reference(stack, x):
+        h = _pool_chw(jax.nn.relu(stack.convs[0](x)))
+        h = jax.nn.relu(stack.convs[1](h))
+        return _pool_chw(jax.nn.relu(stack.convs[2](h))).reshape(-1)
 
-    h = pool(jax.nn.relu(stack.convs[0](x)))
-    h = jax.nn.relu(stack.convs[1](h))
-    h = pool(jax.nn.relu(stack.convs[2](h)))
     got = stack(x, key=None)
     assert got.shape == (stack.out_features,)
-    np.testing.assert_allclose(got, h.reshape(-1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, reference(stack, x), rtol=1e-5, atol=1e-5)
+    grads = eqx.filter_grad(lambda s: jnp.dot(reference(s, x), cotangent))(stack)
+    got_grads = eqx.filter_grad(lambda s: jnp.dot(s(x, key=None), cotangent))(stack)
+    for got, expected in zip(jax.tree.leaves(got_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_dropout_keep_rate_scaling_and_independence(getkey):

@@ -7,7 +7,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._base import AbstractBackbone
-from ._layers import conv_hwc, dropout, max_pool_hwc
+from ._layers import conv_hwc, conv_pool_relu_hwc, dropout
 from ._time_embedding import SinusoidalTimeEmbedding
 
 
@@ -56,9 +56,9 @@ class PaperConvStack(eqx.Module):
         k1, k2, k3 = _split(key, 3)
         p = self.dropout
         h = jnp.transpose(x, (1, 2, 0))
-        h = dropout(max_pool_hwc(jax.nn.relu(conv_hwc(self.convs[0], h))), p, k1)
+        h = dropout(conv_pool_relu_hwc(self.convs[0], h), p, k1)
         h = dropout(jax.nn.relu(conv_hwc(self.convs[1], h)), p, k2)
-        h = dropout(max_pool_hwc(jax.nn.relu(conv_hwc(self.convs[2], h))), p, k3)
+        h = dropout(conv_pool_relu_hwc(self.convs[2], h), p, k3)
         return jnp.transpose(h, (2, 0, 1)).reshape(-1)
 
 

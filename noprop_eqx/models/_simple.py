@@ -5,7 +5,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._base import AbstractBackbone
-from ._layers import conv_hwc, dropout, max_pool_hwc
+from ._layers import conv_pool_relu_hwc, dropout
 from ._paper import _check_image_shape
 from ._time_embedding import SinusoidalTimeEmbedding
 
@@ -77,8 +77,8 @@ class SimpleCNN(AbstractBackbone):
 
     def encode(self, x: Float[Array, "c h w"]) -> Float[Array, " width"]:
         x = jnp.transpose(x, (1, 2, 0))  # channels-last convolutions: faster on XLA:CPU
-        x = max_pool_hwc(jax.nn.relu(conv_hwc(self.convs[0], x)))
-        x = max_pool_hwc(jax.nn.relu(conv_hwc(self.convs[1], x)))
+        x = conv_pool_relu_hwc(self.convs[0], x)
+        x = conv_pool_relu_hwc(self.convs[1], x)
         return self.image_fc(jnp.transpose(x, (2, 0, 1)).reshape(-1))
 
     def decode(self, z, features, t=None):
