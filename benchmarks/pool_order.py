@@ -81,14 +81,18 @@ def build(variant: str, shape, classes: int, num_blocks: int, key):
     if variant == "DT-blockwise":
         model = npx.NoPropDT(classes, shape, num_blocks=num_blocks, backbone="paper", key=key)
         optimizer = npx.paper_optimizer(model)
-        return model, npx.NoPropDT.loss_fn, optimizer, npx.make_dt_step(optimizer, memory="blockwise")
+        step = npx.make_dt_step(optimizer, memory="blockwise")
+        return model, npx.NoPropDT.loss_fn, optimizer, step
     if variant == "backprop":
         model = npx.BackpropBaseline(
             classes, shape, num_blocks=num_blocks, backbone="paper", key=key
         )
         optimizer = npx.paper_optimizer(model)
-        return model, npx.BackpropBaseline.loss_fn, optimizer, npx.make_step(
-            npx.BackpropBaseline.loss_fn, optimizer
+        return (
+            model,
+            npx.BackpropBaseline.loss_fn,
+            optimizer,
+            npx.make_step(npx.BackpropBaseline.loss_fn, optimizer),
         )
     raise ValueError(f"expected a variant in {VARIANTS}, got {variant!r}")
 
@@ -99,13 +103,13 @@ def check_same_function(variant, shape, classes, num_blocks, batch, key) -> floa
     results = []
     for order in ORDERS:
         with stack_order(order):
-            (loss, _), grads = eqx.filter_jit(
-                eqx.filter_value_and_grad(loss_fn, has_aux=True)
-            )(model, batch, key)
+            (loss, _), grads = eqx.filter_jit(eqx.filter_value_and_grad(loss_fn, has_aux=True))(
+                model, batch, key
+            )
         results.append((loss, grads))
     (loss_a, grads_a), (loss_b, grads_b) = results
     worst = abs(float(loss_a - loss_b)) / abs(float(loss_a))
-    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b)):
+    for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b), strict=True):
         scale = float(jnp.max(jnp.abs(a))) or 1.0
         worst = max(worst, float(jnp.max(jnp.abs(a - b))) / scale)
     if not worst <= 1e-4:
@@ -149,7 +153,8 @@ def main(argv=None) -> dict:
                     if not np.isfinite(float(aux["loss"])):
                         raise RuntimeError(f"{variant}/{order}: non-finite loss")
                     after = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
-                    if all(np.array_equal(a, np.asarray(b)) for a, b in zip(before, after)):
+                    pairs = zip(before, after, strict=True)
+                    if all(np.array_equal(a, np.asarray(b)) for a, b in pairs):
                         raise RuntimeError(f"{variant}/{order}: a step left the parameters alone")
                 runners[(variant, order)] = [step, model, opt_state, []]
 
@@ -157,7 +162,7 @@ def main(argv=None) -> dict:
         keys = list(jr.split(jr.key(2), total))  # drawn before timing: no compilation inside
         with _common.no_recompile("pool_order"):
             for repeat in range(args.warmup + args.repeats):
-                for (variant, order), runner in runners.items():
+                for runner in runners.values():
                     step, model, opt_state, times = runner
                     seconds, (model, opt_state) = _time_steps(
                         step, model, opt_state, batch, keys, repeat, args.steps_per_repeat

@@ -67,7 +67,7 @@ def test_conv_pool_relu_hwc_equals_relu_then_pool_with_gradients(getkey, use_bia
     got_value, got_grads = eqx.filter_value_and_grad(fast)(conv, x)
     np.testing.assert_allclose(got_value, value, rtol=1e-5, atol=1e-5)
     assert np.any(np.asarray(grads.weight) != 0)
-    for got, expected in zip(jax.tree.leaves(got_grads), jax.tree.leaves(grads)):
+    for got, expected in zip(jax.tree.leaves(got_grads), jax.tree.leaves(grads), strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -86,7 +86,7 @@ def test_paper_conv_stack_equals_its_channels_first_reference(getkey):
     np.testing.assert_allclose(got, reference(stack, x), rtol=1e-5, atol=1e-5)
     grads = eqx.filter_grad(lambda s: jnp.dot(reference(s, x), cotangent))(stack)
     got_grads = eqx.filter_grad(lambda s: jnp.dot(s(x, key=None), cotangent))(stack)
-    for got, expected in zip(jax.tree.leaves(got_grads), jax.tree.leaves(grads)):
+    for got, expected in zip(jax.tree.leaves(got_grads), jax.tree.leaves(grads), strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
