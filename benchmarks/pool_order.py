@@ -19,6 +19,7 @@ timed step recompiles.
 """
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import _common
@@ -26,11 +27,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-import numpy as np
 
 import noprop_eqx as npx
 from noprop_eqx.models import PaperConvStack
 from noprop_eqx.models._layers import conv_hwc, dropout
+from noprop_eqx.models._paper import _split
 
 ORDERS = ("pool-first", "relu-first")
 VARIANTS = ("DT-blockwise", "backprop")
@@ -53,7 +54,7 @@ def _relu_first_call(self, x, *, key):
         hh, ww, c = h.shape
         return h[: hh // 2 * 2, : ww // 2 * 2].reshape(hh // 2, 2, ww // 2, 2, c).max((1, 3))
 
-    k1, k2, k3 = (None,) * 3 if key is None else tuple(jr.split(key, 3))
+    k1, k2, k3 = _split(key, 3)
     p = self.dropout
     h = jnp.transpose(x, (1, 2, 0))
     h = dropout(pool(jax.nn.relu(conv_hwc(self.convs[0], h))), p, k1)
@@ -147,14 +148,11 @@ def main(argv=None) -> dict:
                         variant, shape, classes, args.num_blocks, k_model
                     )
                     opt_state = npx.init_optimizer_state(model, optimizer)
-                    before = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
-                    before = [np.asarray(leaf) for leaf in before]
+                    # The step donates the model: keep a copy to check that the parameters changed.
+                    before = jax.tree.map(jnp.copy, eqx.filter(model, eqx.is_array))
                     model, opt_state, aux = step(model, opt_state, batch, jr.key(1))
-                    if not np.isfinite(float(aux["loss"])):
-                        raise RuntimeError(f"{variant}/{order}: non-finite loss")
-                    after = jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))
-                    pairs = zip(before, after, strict=True)
-                    if all(np.array_equal(a, np.asarray(b)) for a, b in pairs):
+                    _common.check_finite(f"{variant}/{order}", aux)
+                    if not _common.params_changed(before, model):
                         raise RuntimeError(f"{variant}/{order}: a step left the parameters alone")
                 runners[(variant, order)] = [step, model, opt_state, []]
 
@@ -197,8 +195,6 @@ def main(argv=None) -> dict:
 
 def _time_steps(step, model, opt_state, batch, keys, repeat, n):
     """Seconds per step over `n` steps (keys[repeat * n:][:n]), and the state after them."""
-    import time
-
     start = time.perf_counter()
     for i in range(n):
         model, opt_state, aux = step(model, opt_state, batch, keys[repeat * n + i])

@@ -1,7 +1,7 @@
 """Fast building blocks shared by the backbones: inverted dropout from a counter-based hash,
 convolutions in channels-last (HWC) layout, and conv → ReLU → max-pool with the pool first.
 
-Both exist for speed and are tested against the plain formulations (`tests/test_layers.py`):
+All three exist for speed and are tested against the plain formulations (`tests/test_layers.py`):
 
 - Dropout masks drawn with `jax.random.bernoulli` under `vmap` (one key per example) cost about a
   fifth of a paper-network NoProp-DT step on CPU, in the Threefry hash alone. Here two 32-bit
@@ -92,8 +92,8 @@ def conv_pool_relu_hwc(conv: eqx.nn.Conv2d, x: Float[Array, "h w c"]) -> Float[A
     """`max_pool_hwc(relu(conv_hwc(conv, x)))`, computed as `relu(max_pool_hwc(conv without its
     bias) + bias)`. Both are the same function: a per-channel bias is constant over each pooling
     window and ReLU is monotone, so both commute with the max. This order adds the bias and takes
-    the ReLU (and their gradients) on the pooled map, a quarter of the size: about 10% of a
-    paper-network NoProp-DT training step on CPU (`benchmarks/README.md`)."""
+    the ReLU (and their gradients) on the pooled map, a quarter of the size: paper-network
+    NoProp-DT and backprop training steps ran 1.06x faster on CPU (`benchmarks/pool_order.py`)."""
     y = max_pool_hwc(conv_hwc(conv, x, bias=False))
     if conv.bias is not None:
         y = y + conv.bias.reshape(1, 1, -1)
