@@ -22,6 +22,7 @@ from ._embeddings import (
 )
 from ._fm import NoPropFM as NoPropFM
 from ._loop import (
+    augment_key as augment_key,
     build_model as build_model,
     default_steps_per_call as default_steps_per_call,
     epoch_keys as epoch_keys,
@@ -73,6 +74,7 @@ __all__ = [
     "default_dt_strategy",
     "default_steps_per_call",
     "dt_value_and_grad",
+    "augment_key",
     "epoch_keys",
     "evaluate_accuracy",
     "expected_embedding",

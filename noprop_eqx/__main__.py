@@ -10,6 +10,7 @@ continues from the checkpoint and reproduces the uninterrupted run exactly.
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -94,6 +95,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
     return value
 
 
@@ -195,6 +206,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="training steps per compiled call (a lax.scan over that many batches): removes "
         "the per-step dispatch cost on a GPU; 'auto' (default) = 1 on CPU, about a tenth of "
         "an epoch elsewhere",
+    )
+    p.add_argument(
+        "--augment-shift",
+        type=_non_negative_int,
+        default=0,
+        metavar="PIXELS",
+        help="translate each training image by a random integer offset of up to PIXELS in each "
+        "direction, the border filled with black (default 0: no augmentation, the paper)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
@@ -363,6 +382,7 @@ def train_variant(
         embed_dim=embed_dim,
         prototype_scale=prototype_scale,
         fixed_embedding=args.fixed_embedding,
+        augment_shift=args.augment_shift,
         num_blocks=args.num_blocks,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -412,12 +432,14 @@ def train_variant(
         saved.setdefault("compute_dtype", "float32")
         saved.setdefault("prototype_scale", _prototype_scale(saved["embedding"], None))
         saved.setdefault("fixed_embedding", False)
+        saved.setdefault("augment_shift", 0)
         keys = (
             *TRAJECTORY_KEYS,
             "lr_decay_steps",
             "compute_dtype",
             "prototype_scale",
             "fixed_embedding",
+            "augment_shift",
         )
         diff = {k: (saved.get(k), config.get(k)) for k in keys if saved.get(k) != config.get(k)}
         if diff:
@@ -447,6 +469,11 @@ def train_variant(
     train_time = history[-1]["train_time_s"] if history else 0.0
     wall_time = history[-1]["wall_time_s"] if history else 0.0
     x_test, y_test = ds.x_test, ds.y_test
+    augment = None
+    if args.augment_shift > 0:
+        augment = functools.partial(
+            data_lib.random_shift, max_shift=args.augment_shift, fill=ds.background
+        )
     for epoch in range(start_epoch + 1, args.epochs + 1):
         model, opt_state, stats = train_epoch(
             step,
@@ -461,6 +488,7 @@ def train_variant(
             stream=log,
             progress=not args.no_progress,
             steps_per_call=args.steps_per_call,
+            augment=augment,
         )
         tic = time.perf_counter()
         accuracy = evaluate_accuracy(model, x_test, y_test, **predict_kwargs)
@@ -498,6 +526,7 @@ def train_variant(
         embed_dim=embed_dim,
         prototype_scale=prototype_scale,
         fixed_embedding=args.fixed_embedding,
+        augment_shift=args.augment_shift,
         num_blocks=args.num_blocks if variant in ("DT", "BP") else None,
         model=args.model,
         dataset=args.dataset,

@@ -136,6 +136,16 @@ def epoch_keys(base_key: PRNGKeyArray, epoch: int) -> tuple[PRNGKeyArray, PRNGKe
     return tuple(jr.split(jr.fold_in(base_key, epoch)))  # type: ignore[return-value]
 
 
+_AUGMENT_STREAM = 0x61756721  # fold_in data naming the augmentation keys' stream
+
+
+def augment_key(base_key: PRNGKeyArray, epoch: int) -> PRNGKeyArray:
+    """The augmentation key of 1-based `epoch` (batch i uses `fold_in` of it with i): a function
+    of `base_key` and `epoch` only, and apart from both keys of `epoch_keys`, so turning
+    augmentation on leaves the shuffle and the step keys as they were."""
+    return jr.fold_in(jr.fold_in(base_key, epoch), _AUGMENT_STREAM)
+
+
 def solver_kwargs(variant: str, solver: str = "heun", num_steps: int = 20) -> dict:
     """Keywords for `model.predict` of a CT/FM model (none for DT/BP)."""
     if variant not in ("CT", "FM"):
@@ -233,6 +243,7 @@ def train_epoch(
     stream: TextIO | None = None,
     progress: bool = True,
     steps_per_call: int | str = 1,
+    augment: Callable[..., Any] | None = None,
 ) -> tuple[PyTree, PyTree, dict[str, Any]]:
     """One shuffled pass over `(x, y)` with `step(model, opt_state, batch, key)`.
 
@@ -241,6 +252,10 @@ def train_epoch(
     `CompiledStep` from `make_step`/`make_dt_step`): the same batches and keys, so the same
     trajectory up to float rounding, without the per-step dispatch cost; a shorter last call
     compiles once more. "auto": `default_steps_per_call`.
+
+    `augment(images, *, key)`, if given, transforms each batch's images before its step (for
+    example `functools.partial(data.random_shift, max_shift=2, fill=ds.background)`); batch i
+    gets `fold_in(augment_key(key, epoch), i)`.
 
     **Returns:** `(model, opt_state, stats)` with `stats["loss_terms"]` the epoch means of every
     entry of the step's `aux` (vectors, such as DT's per-block loss, stay vectors),
@@ -266,6 +281,11 @@ def train_epoch(
     start = time.perf_counter()
     first_step, first_count = 0.0, 0
     batches = train_batches(x, y, batch_size, key=k_shuffle)
+    if augment is not None:
+        k_augment = augment_key(key, epoch)
+        batches = (
+            (augment(bx, key=jr.fold_in(k_augment, i)), by) for i, (bx, by) in enumerate(batches)
+        )
     done = 0
     while done < total:
         if steps_per_call == 1:
@@ -275,7 +295,8 @@ def train_epoch(
         else:
             chunk = [next(batches) for _ in range(min(steps_per_call, total - done))]
             count = len(chunk)
-            stacked = (np.stack([b[0] for b in chunk]), np.stack([b[1] for b in chunk]))
+            stack_x = np.stack if augment is None else jnp.stack  # augmented: device arrays
+            stacked = (stack_x([b[0] for b in chunk]), np.stack([b[1] for b in chunk]))
             keys = jax.vmap(jr.fold_in, (None, 0))(k_steps, jnp.arange(done, done + count))
             model, opt_state, aux = step.scan(model, opt_state, stacked, keys)
             aux = jax.tree.map(lambda a: jnp.sum(a, axis=0), aux)

@@ -1,5 +1,6 @@
 """Datasets as normalised numpy arrays, and fixed-shape batching."""
 
+from ._augment import random_shift as random_shift, shift_images as shift_images
 from ._batching import (
     eval_batches as eval_batches,
     num_train_batches as num_train_batches,
@@ -27,5 +28,7 @@ __all__ = [
     "load_mnist",
     "normalise",
     "num_train_batches",
+    "random_shift",
+    "shift_images",
     "train_batches",
 ]

@@ -188,6 +188,12 @@ class ImageDataset:
         )
 
     @property
+    def background(self) -> np.ndarray:
+        """The normalised value of a black (zero) pixel, per channel: `-mean / std`. The fill
+        for translated images (`random_shift`)."""
+        return (-np.asarray(self.mean) / np.asarray(self.std)).astype(np.float32)
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """The shape `(C, H, W)` of one image."""
         return self.x_train.shape[1:]
