@@ -60,6 +60,17 @@ def embedding_cell(r: dict) -> str:
     return f"prototype ({', '.join(notes)})" if notes else "prototype"
 
 
+def epochs_cell(r: dict) -> str:
+    """The epochs, with the recipe's departures from the paper's constant rate and unaugmented
+    data: a cosine-decayed learning rate, random shifts of the training images."""
+    notes = []
+    if r.get("lr_schedule") == "cosine":
+        notes.append("cosine lr")
+    if r.get("augment_shift"):
+        notes.append(f"shift aug. ±{r['augment_shift']} px")
+    return str(r["epochs"]) + (f" ({', '.join(notes)})" if notes else "")
+
+
 def table(records: list[dict]) -> str:
     head = (
         "| variant | embedding | model | train / test images | epochs | test acc. % "
@@ -85,7 +96,7 @@ def table(records: list[dict]) -> str:
                     embedding_cell(r),
                     r["model"],
                     f"{train} / {test}",
-                    str(r["epochs"]) + (" (cosine lr)" if r.get("lr_schedule") == "cosine" else ""),
+                    epochs_cell(r),
                     accuracy_cell(r),
                     _pct(r.get("accuracy_deterministic")),
                     _pct(r.get("accuracy_blocks")),

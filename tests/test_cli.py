@@ -372,6 +372,15 @@ def test_results_table_names_the_prototype_scale():
     assert module.embedding_cell(record) == "prototype (fixed)"
 
 
+def test_results_table_names_the_recipe():
+    module = _load_script("mnist_results")
+    assert module.epochs_cell({"epochs": 8}) == "8"
+    assert module.epochs_cell({"epochs": 8, "lr_schedule": "cosine"}) == "8 (cosine lr)"
+    record = {"epochs": 8, "lr_schedule": "cosine", "augment_shift": 2}
+    assert module.epochs_cell(record) == "8 (cosine lr, shift aug. ±2 px)"
+    assert module.epochs_cell({"epochs": 3, "augment_shift": 0}) == "3"
+
+
 def test_plot_metrics(tmp_path):
     module = _load_script("plot_metrics")
     paths = []

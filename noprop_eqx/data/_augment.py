@@ -4,6 +4,7 @@ The paper trains without augmentation; `noprop-eqx train --augment-shift N` turn
 """
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +49,7 @@ def random_shift(
     images: Float[ArrayLike, "batch c h w"],
     *,
     max_shift: int,
-    fill: Float[ArrayLike, " c"],
+    fill: Float[ArrayLike, " c"] | Sequence[float],
     key: PRNGKeyArray,
 ) -> Float[Array, "batch c h w"]:
     """Translate every image by its own offset `(dy, dx)`, each drawn uniformly from the integers
