@@ -38,6 +38,17 @@ def _label_path(text: str) -> tuple[str, Path]:
     return label, Path(path)
 
 
+# Ten colours, then the same ten dashed with square markers, then dotted with triangles:
+# every series keeps a style of its own however many are drawn.
+_COLOURS = [f"C{i}" for i in range(10)]
+_LINES = [("-", "o"), ("--", "s"), (":", "^")]
+
+
+def _style(i: int) -> dict:
+    linestyle, marker = _LINES[(i // len(_COLOURS)) % len(_LINES)]
+    return dict(color=_COLOURS[i % len(_COLOURS)], linestyle=linestyle, marker=marker)
+
+
 def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=_label_path, help="LABEL=PATH to a metrics.jsonl")
@@ -53,11 +64,13 @@ def main(argv=None) -> Path:
     import matplotlib.pyplot as plt
 
     series = [(label, read_series(path)) for label, path in args.runs]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for label, s in series:
+    rows = (len(series) + 1) // 2
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5 + 0.22 * rows), sharey=True)
+    for i, (label, s) in enumerate(series):
         final = f"{label} ({s['accuracy'][-1]:.2f}%)"
-        axes[0].plot(s["epoch"], s["accuracy"], marker="o", label=final)
-        axes[1].plot(s["minutes"], s["accuracy"], marker="o", label=final)
+        style = _style(i)
+        axes[0].plot(s["epoch"], s["accuracy"], label=final, **style)
+        axes[1].plot(s["minutes"], s["accuracy"], **style)
     axes[0].set_xlabel("epoch")
     axes[1].set_xlabel("training time (min)")
     axes[0].set_ylabel("test accuracy (%)")
@@ -67,9 +80,10 @@ def main(argv=None) -> Path:
         if args.ymin is not None:
             ax.set_ylim(bottom=args.ymin)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="lower right")
     fig.suptitle(args.title)
-    fig.tight_layout()
+    # The legend goes below both panels, so that it hides no point.
+    fig.legend(fontsize=8, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 * rows / (1 + 0.05 * rows), 1, 1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     plt.close(fig)

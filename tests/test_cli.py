@@ -397,6 +397,8 @@ def test_plot_metrics(tmp_path):
     )
     out = module.main([*paths, "--out", str(tmp_path / "p.png"), "--target", "96"])
     assert out.stat().st_size > 1000
+    styles = [tuple(sorted(module._style(i).items())) for i in range(30)]
+    assert len(set(styles)) == 30  # no two series look alike
     (tmp_path / "bad.jsonl").write_text('{"epoch": 1}\n')
     with pytest.raises(ValueError, match=r"not a noprop-eqx metrics.jsonl: no \['test_accuracy'"):
         module.read_series(tmp_path / "bad.jsonl")
