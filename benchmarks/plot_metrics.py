@@ -39,7 +39,7 @@ def _label_path(text: str) -> tuple[str, Path]:
 
 
 # Ten colours, then the same ten dashed with square markers, then dotted with triangles:
-# every series keeps a style of its own however many are drawn.
+# up to 30 series each keep a style of their own.
 _COLOURS = [f"C{i}" for i in range(10)]
 _LINES = [("-", "o"), ("--", "s"), (":", "^")]
 
@@ -64,8 +64,9 @@ def main(argv=None) -> Path:
     import matplotlib.pyplot as plt
 
     series = [(label, read_series(path)) for label, path in args.runs]
-    rows = (len(series) + 1) // 2
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5 + 0.22 * rows), sharey=True)
+    legend_height = 0.22 * ((len(series) + 1) // 2)  # inches: two legend columns
+    fig_height = 4.5 + legend_height
+    fig, axes = plt.subplots(1, 2, figsize=(12, fig_height), sharey=True)
     for i, (label, s) in enumerate(series):
         final = f"{label} ({s['accuracy'][-1]:.2f}%)"
         style = _style(i)
@@ -83,7 +84,7 @@ def main(argv=None) -> Path:
     fig.suptitle(args.title)
     # The legend goes below both panels, so that it hides no point.
     fig.legend(fontsize=8, loc="lower center", ncol=2, frameon=False)
-    fig.tight_layout(rect=(0, 0.05 * rows / (1 + 0.05 * rows), 1, 1))
+    fig.tight_layout(rect=(0, legend_height / fig_height, 1, 1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=110)
     plt.close(fig)
