@@ -1,12 +1,13 @@
 """Train NoProp-DT/CT/FM and the backprop baseline on CIFAR-10 or CIFAR-100 with a ResNet.
 
-This is `noprop-eqx train --dataset cifar10|cifar100 --model resnet18|resnet50`; every other
-option is the CLI's (`noprop-eqx train --help`). Data: a local HuggingFace `save_to_disk`
-folder (`--data-dir`, or `$NOPROP_DATA_DIR` holding `cifar10-jpeg/`, `cifar10/` or
-`cifar100/`), else the hub (`uoft-cs/cifar10`, `uoft-cs/cifar100`) when online.
+This is `noprop-eqx train --dataset cifar10|cifar100 --model resnetN` with N = 18, 34, 50, 101
+or 152 given as `--resnet-depth N` (or `--resnet_depth N`); every other option is the CLI's
+(`--help` lists both). Data: a local HuggingFace `save_to_disk` folder (`--data-dir`, or
+`$NOPROP_DATA_DIR` holding `cifar10-jpeg/`, `cifar10/` or `cifar100/`), else the hub
+(`uoft-cs/cifar10`, `uoft-cs/cifar100`) when online.
 
-    python examples/train_cifar.py --dataset cifar10 --epochs 150 --resnet_depth 18 --variants DT
-    python examples/train_cifar.py --dataset cifar10 --epochs 1 --resnet_depth 18 \\
+    python examples/train_cifar.py --dataset cifar10 --epochs 150 --resnet-depth 18 --variants DT
+    python examples/train_cifar.py --dataset cifar10 --epochs 1 --resnet-depth 18 \\
         --variants FM --limit-train 2000 --data-dir ../shared/data
     python examples/train_cifar.py --dataset cifar10 --epochs 10 --model paper  # paper's CIFAR net
 """
@@ -16,18 +17,51 @@ import sys
 
 from noprop_eqx.__main__ import main
 
+DEPTHS = (18, 34, 50, 101, 152)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """This script's own options; everything else goes to `noprop-eqx train` unchanged."""
+    parser = argparse.ArgumentParser(
+        prog="train_cifar.py",
+        description="NoProp on CIFAR-10/100 with a ResNet backbone. Options not listed here "
+        "are `noprop-eqx train`'s (shown below).",
+        add_help=False,
+        allow_abbrev=False,  # a prefix of a CLI option must reach the CLI
+    )
+    parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    parser.add_argument("--dataset", choices=("cifar10", "cifar100"), default="cifar10")
+    parser.add_argument(
+        "--resnet-depth",
+        "--resnet_depth",
+        dest="resnet_depth",
+        type=int,
+        choices=DEPTHS,
+        help="ResNet depth, i.e. --model resnetN (default 18 unless --model is given)",
+    )
+    parser.add_argument(
+        "--width",
+        type=int,
+        help="the ResNet's first-stage channels (standard 64); passed on as the CLI's --width",
+    )
+    return parser
+
 
 def translate(argv: list[str]) -> list[str]:
-    """Turns this script's `--resnet_depth N` into the CLI's `--model resnetN`."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--dataset", choices=("cifar10", "cifar100"), default="cifar10")
-    parser.add_argument("--resnet_depth", "--resnet-depth", type=int, choices=(18, 34, 50))
-    args, rest = parser.parse_known_args(argv)
+    """Turns this script's `--resnet-depth N` into the CLI's `--model resnetN`; `--width`, when
+    given, goes on to the CLI's `--width`."""
+    args, rest = make_parser().parse_known_args(argv)
     model = [] if args.resnet_depth is None else ["--model", f"resnet{args.resnet_depth}"]
     if args.resnet_depth is None and "--model" not in rest:
         model = ["--model", "resnet18"]
-    return ["train", "--dataset", args.dataset, *model, *rest]
+    width = [] if args.width is None else ["--width", str(args.width)]
+    return ["train", "--dataset", args.dataset, *model, *width, *rest]
 
 
 if __name__ == "__main__":
-    sys.exit(main(translate(sys.argv[1:])))
+    argv = sys.argv[1:]
+    if make_parser().parse_known_args(argv)[0].help:
+        make_parser().print_help()
+        print("\n--- noprop-eqx train ---\n")
+        sys.exit(main(["train", "--help"]))
+    sys.exit(main(translate(argv)))

@@ -1,3 +1,4 @@
+import re
 from collections.abc import Callable
 
 import equinox as eqx
@@ -11,7 +12,24 @@ from ._resnet import ResNetWrapper
 from ._simple import SimpleCNN
 
 BackboneSpec = str | Callable[[PRNGKeyArray], AbstractBackbone]
-BACKBONES = ("paper", "simple", "resnet18", "resnet34", "resnet50")
+BACKBONES = ("paper", "simple", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# A ResNet name, optionally with its first-stage width: "resnet18" (width 64), "resnet18-w32".
+_RESNET_NAME = re.compile(r"(resnet\d+)(?:-w([1-9]\d*))?")
+
+
+def backbone_name(model: str, width: int = 64) -> str:
+    """The backbone name of `model` (one of `BACKBONES`) with first-stage `width`: `model`
+    itself at the standard width 64, `"resnet18-w32"` for a ResNet-18 of width 32. Only the
+    ResNets have a width."""
+    if model not in BACKBONES:
+        raise ValueError(f"expected model to be one of {BACKBONES}, got {model!r}")
+    if isinstance(width, bool) or not (isinstance(width, int) and width >= 1):
+        raise ValueError(f"expected width to be a positive int, got {width!r}")
+    if width == 64:
+        return model
+    if not model.startswith("resnet"):
+        raise ValueError(f"only the ResNet backbones have a width, got width={width} for {model!r}")
+    return f"{model}-w{width}"
 
 
 def make_backbone(
@@ -23,8 +41,9 @@ def make_backbone(
     time_conditioned: bool,
     key: PRNGKeyArray,
 ) -> AbstractBackbone:
-    """Builds a backbone from a name (see `BACKBONES`) or a `key -> AbstractBackbone` factory,
-    and checks that it fits the variant (classes, embedding size, image shape, time input)."""
+    """Builds a backbone from a name (see `BACKBONES`; a ResNet's may carry a width, as
+    `backbone_name` writes it: "resnet18-w32") or a `key -> AbstractBackbone` factory, and
+    checks that it fits the variant (classes, embedding size, image shape, time input)."""
     if spec == "paper":
         if time_conditioned:
             net = PaperCTNet(num_classes, embed_dim, image_shape, key=key)
@@ -38,11 +57,13 @@ def make_backbone(
             image_shape=image_shape,
             key=key,
         )
-    elif isinstance(spec, str) and spec in BACKBONES and spec.startswith("resnet"):
+    elif (
+        isinstance(spec, str) and (match := _RESNET_NAME.fullmatch(spec)) and match[1] in BACKBONES
+    ):
         net = ResNetWrapper(
             num_classes,
-            int(spec.removeprefix("resnet")),
-            64,
+            int(match[1].removeprefix("resnet")),
+            int(match[2] or 64),
             64 if time_conditioned else 0,
             embed_dim=embed_dim,
             image_shape=image_shape,
@@ -52,8 +73,8 @@ def make_backbone(
         net = spec(key)
     else:
         raise ValueError(
-            f"expected backbone to be one of {BACKBONES} or a callable key -> AbstractBackbone, "
-            f"got {spec!r}"
+            f"expected backbone to be one of {BACKBONES} (a ResNet optionally with a width, "
+            f"e.g. 'resnet18-w32') or a callable key -> AbstractBackbone, got {spec!r}"
         )
     if not isinstance(net, AbstractBackbone):
         raise TypeError(

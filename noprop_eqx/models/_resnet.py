@@ -1,5 +1,7 @@
 """A ResNet image branch (He et al. 2016) wrapped as a NoProp backbone."""
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,13 +13,29 @@ from ._layers import dropout
 from ._paper import _check_image_shape
 from ._time_embedding import SinusoidalTimeEmbedding
 
-# depth -> (bottleneck?, blocks per stage)
-_LAYOUTS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True, (3, 4, 6, 3))}
+# depth -> (bottleneck?, blocks per stage): He et al. 2016, Table 1. Bottleneck blocks widen
+# their output by `_EXPANSION`.
+_LAYOUTS = {
+    18: (False, (2, 2, 2, 2)),
+    34: (False, (3, 4, 6, 3)),
+    50: (True, (3, 4, 6, 3)),
+    101: (True, (3, 4, 23, 3)),
+    152: (True, (3, 8, 36, 3)),
+}
+_EXPANSION = 4
+_MAX_GROUPS = 32
 
 
 def _norm(channels: int) -> eqx.nn.GroupNorm:
     # GroupNorm: stateless (no running statistics), so losses stay pure functions of one example.
-    return eqx.nn.GroupNorm(min(32, channels), channels)
+    return eqx.nn.GroupNorm(min(_MAX_GROUPS, channels), channels)
+
+
+def _stage_channels(depth: int, width: int) -> list[int]:
+    """Every channel count a ResNet of `depth` and first-stage `width` normalises."""
+    bottleneck, counts = _LAYOUTS[depth]
+    mids = [width * 2**stage for stage in range(len(counts))]
+    return mids + [m * _EXPANSION for m in mids] if bottleneck else mids
 
 
 class _Residual(eqx.Module):
@@ -56,11 +74,34 @@ class _Residual(eqx.Module):
 
 
 class ResNetWrapper(AbstractBackbone):
-    """A ResNet-18/34/50 image branch (3×3 stem for small images, GroupNorm, global average
-    pooling) feeding the NoProp head: image → FC(256), z → FC(256), optional sinusoidal time →
-    FC(256); sum → ReLU → dropout → FC(256) → ReLU → FC(m) logits. `width` is the first stage's
-    channel count (64 in the standard ResNets). `time_embed_dim=0` gives a DT block f(z, x);
-    `time_embed_dim > 0` a CT/FM network f(z, x, t)."""
+    """A ResNet-18/34/50/101/152 image branch (He et al. 2016) feeding the NoProp head.
+
+    Image branch: a 3×3 stride-1 stem without max-pool (for 32×32 images), four stages of
+    residual blocks, each after the first halving the resolution and doubling the channels, then
+    global average pooling. Depths 18 and 34 use basic blocks (two 3×3 convolutions), 50, 101 and
+    152 bottleneck blocks (1×1, 3×3, 1×1, output widened 4×); blocks per stage (2, 2, 2, 2),
+    (3, 4, 6, 3), (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3). GroupNorm (32 groups) replaces
+    BatchNorm, so the network stays a pure function of one example. `width` is the first stage's
+    channel count (64 in the standard ResNets).
+
+    Head: image → FC(256), z → FC(256), optional sinusoidal time → FC(256); sum → ReLU →
+    dropout → FC(256) → ReLU → FC(m) logits. `time_embed_dim=0` gives a DT block f(z, x);
+    `time_embed_dim > 0` a CT/FM network f(z, x, t).
+
+    Parameters at width 64, 10 classes, one-hot labels, 3×32×32 images (`parameter_counts`;
+    the image branch is stem plus residual blocks, the standard CIFAR ResNet less its classifier):
+
+    | depth | image branch | DT block (z, x) | CT/FM net (z, x, t), time_embed_dim=64 |
+    |------:|-------------:|----------------:|---------------------------------------:|
+    |    18 |   11,168,832 |      11,371,338 |                             11,387,978 |
+    |    34 |   21,276,992 |      21,479,498 |                             21,496,138 |
+    |    50 |   23,500,352 |      24,096,074 |                             24,112,714 |
+    |   101 |   42,492,480 |      43,088,202 |                             43,104,842 |
+    |   152 |   58,136,128 |      58,731,850 |                             58,748,490 |
+
+    A NoProp-DT model stacks `num_blocks` such blocks (10 by default): ten ResNet-18 blocks hold
+    about 114M parameters.
+    """
 
     stem: eqx.nn.Conv2d
     stem_norm: eqx.nn.GroupNorm
@@ -89,14 +130,21 @@ class ResNetWrapper(AbstractBackbone):
         dropout: float = 0.2,
         key: PRNGKeyArray,
     ):
-        if depth not in _LAYOUTS:
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth not in _LAYOUTS:
             raise ValueError(f"expected depth in {sorted(_LAYOUTS)}, got {depth!r}")
-        if not (isinstance(width, int) and width >= 1):
+        if isinstance(width, bool) or not (isinstance(width, int) and width >= 1):
             raise ValueError(f"expected width to be a positive int, got {width!r}")
+        bad = [ch for ch in _stage_channels(depth, width) if ch > _MAX_GROUPS and ch % _MAX_GROUPS]
+        if bad:
+            raise ValueError(
+                f"expected a width whose stage channel counts are each <= {_MAX_GROUPS} or a "
+                f"multiple of {_MAX_GROUPS} (GroupNorm's {_MAX_GROUPS} groups), e.g. 8, 16, 32 or "
+                f"64; got width={width}, giving {bad}"
+            )
         c, h, w = _check_image_shape(image_shape, 8)
         embed_dim = num_classes if embed_dim is None else embed_dim
         bottleneck, counts = _LAYOUTS[depth]
-        expansion = 4 if bottleneck else 1
+        expansion = _EXPANSION if bottleneck else 1
         keys = iter(jr.split(key, 8 + sum(counts)))
         self.stem = eqx.nn.Conv2d(c, width, 3, padding=1, use_bias=False, key=next(keys))
         self.stem_norm = _norm(width)
@@ -147,3 +195,34 @@ class ResNetWrapper(AbstractBackbone):
             h = h + self.time_fc(self.time_embedding(jnp.asarray(t)))
         h = dropout(jax.nn.relu(h), self.dropout, key)
         return self.out(jax.nn.relu(self.hidden(h)))
+
+
+def parameter_counts(
+    depth: int,
+    width: int = 64,
+    time_embed_dim: int = 0,
+    *,
+    num_classes: int = 10,
+    embed_dim: int | None = None,
+    image_shape: tuple[int, int, int] = (3, 32, 32),
+) -> tuple[int, int]:
+    """(image branch, whole network) parameter counts of `ResNetWrapper(num_classes, depth,
+    width, time_embed_dim, ...)`. The image branch is the ResNet proper: stem and residual
+    blocks, without the head's layers. Built with `eqx.filter_eval_shape`, so nothing is
+    allocated."""
+    net = eqx.filter_eval_shape(
+        ResNetWrapper,
+        num_classes,
+        depth,
+        width,
+        time_embed_dim,
+        embed_dim=embed_dim,
+        image_shape=image_shape,
+        key=jr.key(0),
+    )
+
+    def count(tree) -> int:
+        leaves = jax.tree.leaves(tree)
+        return sum(math.prod(a.shape) for a in leaves if isinstance(a, jax.ShapeDtypeStruct))
+
+    return count((net.stem, net.stem_norm, net.stages)), count(net)
