@@ -197,7 +197,9 @@ def main(argv=None) -> list[dict]:
         name = (config["dataset"], config["limit_train"])
         if name not in datasets:
             ds = npx.data.load_dataset(config["dataset"], args.data_dir)
-            datasets[name] = ds.subset(config["limit_train"], args.limit_test)
+            datasets[name] = ds.subset(
+                config["limit_train"], args.limit_test, seed=config.get("subset_seed")
+            )
         row = evaluate_run(
             run, datasets[name], chains=args.chains, batch_size=args.batch_size, seed=args.seed
         )

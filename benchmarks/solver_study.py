@@ -234,7 +234,9 @@ def main(argv=None) -> dict:
         name = (config["dataset"], config["limit_train"])
         if name not in datasets:
             ds = npx.data.load_dataset(config["dataset"], args.data_dir)
-            datasets[name] = ds.subset(config["limit_train"], args.limit_test)
+            datasets[name] = ds.subset(
+                config["limit_train"], args.limit_test, seed=config.get("subset_seed")
+            )
         ds = datasets[name]
         model, _, epoch, _, config = npx.load_run(run, ds)
         print(f"{variant}: {run} (epoch {epoch}), {len(ds.y_test)} test images", file=log)

@@ -45,8 +45,14 @@ from ._loop import (
     train_epoch,
 )
 from ._solve import evaluations_per_step
-from ._train import evaluate_accuracy, init_optimizer_state, make_step, paper_optimizer
-from .models._factory import BACKBONES
+from ._train import (
+    evaluate_accuracy,
+    init_optimizer_state,
+    make_step,
+    paper_optimizer,
+    weight_decay_mode,
+)
+from .models._factory import BACKBONES, backbone_name
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100")
 CHECKPOINT = "checkpoint.eqx"
@@ -143,6 +149,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="any of DT CT FM BP (BP = backprop baseline); default DT",
     )
     p.add_argument("--epochs", type=_positive_int, default=100, help="default 100 (paper)")
+    p.add_argument(
+        "--stop-after",
+        type=_positive_int,
+        default=None,
+        metavar="EPOCH",
+        help="stop after this epoch of the --epochs run (checkpointed); continue later with "
+        "the same command, --resume and without --stop-after: a time-boxed share of a long "
+        "run, the learning-rate schedule still spanning --epochs",
+    )
     p.add_argument("--batch-size", type=_positive_int, default=128, help="default 128 (paper)")
     p.add_argument("--lr", type=_non_negative_float, default=1e-3, help="default 1e-3 (paper)")
     p.add_argument(
@@ -156,7 +171,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--weight-decay",
         type=_non_negative_float,
         default=1e-3,
-        help="AdamW weight decay for DT/BP (CT/FM use Adam); default 1e-3 (paper)",
+        help="weight decay, default 1e-3 (paper): decoupled (AdamW) for DT/BP, an L2 gradient "
+        "term before Adam for CT/FM (as PyTorch's Adam(weight_decay=...)); 0 = none",
     )
     p.add_argument("--embedding", choices=EMBEDDINGS, default="one-hot")
     p.add_argument(
@@ -214,8 +230,27 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="translate each training image by a random integer offset of up to PIXELS in each "
         "direction, the border filled with black (default 0: no augmentation, the paper)",
     )
+    p.add_argument(
+        "--width",
+        type=_positive_int,
+        default=64,
+        help="ResNet backbones only: channels of the first stage, doubling each stage "
+        "(default 64, the standard ResNet)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument(
+        "--cifar100-labels",
+        choices=("fine", "coarse"),
+        default="fine",
+        help="cifar100 only: the 100 fine classes (default, the paper) or the 20 coarse ones",
+    )
+    p.add_argument(
+        "--no-verify-md5",
+        action="store_true",
+        help="skip the md5 check of the official MNIST/CIFAR files (for copies you trust that "
+        "differ from the published release)",
+    )
     p.add_argument(
         "--data-dir",
         default=None,
@@ -241,13 +276,20 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--limit-train",
         type=_positive_int,
         default=None,
-        help="use only the first N training images (quick runs)",
+        help="train on N images: a seeded random sample with every class in its share "
+        "(--subset-seed; quick runs)",
     )
     p.add_argument(
         "--limit-test",
         type=_positive_int,
         default=None,
-        help="evaluate on the first N test images only (quick runs)",
+        help="evaluate on N test images, sampled as --limit-train's (quick runs)",
+    )
+    p.add_argument(
+        "--subset-seed",
+        type=int,
+        default=0,
+        help="seed of the --limit-train/--limit-test samples (default 0; recorded in the run)",
     )
     p.add_argument(
         "--results",
@@ -393,6 +435,11 @@ def train_variant(
         seed=args.seed,
         limit_train=args.limit_train,
         limit_test=args.limit_test,
+        subset_seed=None
+        if args.limit_train is None and args.limit_test is None
+        else args.subset_seed,
+        cifar100_labels=args.cifar100_labels if args.dataset == "cifar100" else None,
+        weight_decay_mode=weight_decay_mode(variant, args.weight_decay),
         eval_solver=args.eval_solver,
         eval_steps=args.eval_steps,
         num_classes=ds.num_classes,
@@ -422,6 +469,8 @@ def train_variant(
         model, args.lr, args.weight_decay, decay_steps, args.compute_dtype
     )
     config["optimizer"] = "adamw" if variant in ("DT", "BP") else "adam"
+    if config["weight_decay_mode"] == "l2":
+        config["optimizer"] = "adam + l2 weight decay"
     opt_state = init_optimizer_state(model, optimizer)
 
     start_epoch, history = 0, []
@@ -432,6 +481,10 @@ def train_variant(
         saved.setdefault("prototype_scale", _prototype_scale(saved["embedding"], None))
         saved.setdefault("fixed_embedding", False)
         saved.setdefault("augment_shift", 0)
+        saved.setdefault("steps_per_call", "auto")
+        saved.setdefault("subset_seed", None)  # first-N subsets
+        saved.setdefault("cifar100_labels", "fine" if saved["dataset"] == "cifar100" else None)
+        saved.setdefault("weight_decay_mode", weight_decay_mode(saved["variant"], None))
         keys = (
             *TRAJECTORY_KEYS,
             "lr_decay_steps",
@@ -439,6 +492,10 @@ def train_variant(
             "prototype_scale",
             "fixed_embedding",
             "augment_shift",
+            "steps_per_call",
+            "subset_seed",
+            "cifar100_labels",
+            "weight_decay_mode",
         )
         diff = {k: (saved.get(k), config.get(k)) for k in keys if saved.get(k) != config.get(k)}
         if diff:
@@ -473,7 +530,8 @@ def train_variant(
         augment = functools.partial(
             data_lib.random_shift, max_shift=args.augment_shift, fill=ds.background
         )
-    for epoch in range(start_epoch + 1, args.epochs + 1):
+    last_epoch = args.epochs if args.stop_after is None else min(args.stop_after, args.epochs)
+    for epoch in range(start_epoch + 1, last_epoch + 1):
         model, opt_state, stats = train_epoch(
             step,
             model,
@@ -518,6 +576,14 @@ def train_variant(
         )
     if not history:
         raise SystemExit(f"noprop-eqx train: error: {run_dir} has no completed epoch")
+    if history[-1]["epoch"] < args.epochs:
+        print(
+            f"[{variant}] stopped after epoch {history[-1]['epoch']} of {args.epochs} "
+            "(--stop-after): run the same command with --resume and without --stop-after to "
+            "continue",
+            file=log,
+            flush=True,
+        )
 
     record = dict(
         variant=variant,
@@ -530,6 +596,7 @@ def train_variant(
         model=args.model,
         dataset=args.dataset,
         epochs=history[-1]["epoch"],
+        planned_epochs=args.epochs,
         seed=args.seed,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -622,12 +689,24 @@ def plot_curves(out: Path) -> Path | None:
 
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, command: str) -> int:
+    if args.cifar100_labels != "fine" and args.dataset != "cifar100":
+        parser.error(f"--cifar100-labels applies to --dataset cifar100, got {args.dataset}")
     try:
-        ds = data_lib.load_dataset(args.dataset, args.data_dir)
-    except data_lib.DatasetNotFoundError as e:
+        args.model = backbone_name(args.model, args.width)
+    except ValueError as e:
+        parser.error(f"--width: {e}")
+    extra = dict(labels=args.cifar100_labels) if args.dataset == "cifar100" else {}
+    try:
+        ds = data_lib.load_dataset(
+            args.dataset, args.data_dir, verify_md5=not args.no_verify_md5, **extra
+        )
+    except (data_lib.DatasetNotFoundError, data_lib.DataIntegrityError) as e:
         parser.error(str(e))
     if args.limit_train is not None or args.limit_test is not None:
-        ds = ds.subset(args.limit_train, args.limit_test)
+        try:
+            ds = ds.subset(args.limit_train, args.limit_test, seed=args.subset_seed)
+        except ValueError as e:
+            parser.error(str(e))
     if args.inference_runs == 1 or args.inference_runs < 0:
         parser.error(
             f"--inference-runs must be 0 (skip) or >= 2 for a standard error, got "

@@ -108,9 +108,13 @@ def load_run(
         raise FileNotFoundError(f"no config.json in {run_dir}: not a noprop-eqx run folder")
     config = json.loads(config_path.read_text())
     model = model_from_config(config, dataset, key=jr.key(0))
-    optimizer = paper_optimizer(
-        model, learning_rate=config["lr"], weight_decay=config["weight_decay"]
+    # CT/FM runs saved before CT/FM had weight decay trained with plain Adam (no
+    # "weight_decay_mode" in their config): rebuild that optimiser's state.
+    plain_adam = config.get("weight_decay_mode", "none") == "none"
+    weight_decay = (
+        0.0 if config["variant"] in ("CT", "FM") and plain_adam else config["weight_decay"]
     )
+    optimizer = paper_optimizer(model, learning_rate=config["lr"], weight_decay=weight_decay)
     opt_state = init_optimizer_state(model, optimizer)
     model, opt_state, epoch, key = load_checkpoint(
         run_dir / "checkpoint.eqx", model, opt_state, key=jr.key(0)

@@ -190,17 +190,38 @@ def paper_optimizer(
     learning_rate: float | optax.Schedule = 1e-3,
     weight_decay: float = 1e-3,
 ) -> optax.GradientTransformation:
-    """The paper's Table 3 optimiser: AdamW for NoProp-DT and the backprop baseline, Adam for
-    NoProp-CT and NoProp-FM; learning rate 1e-3 (a number or an optax schedule), weight decay
-    1e-3. A fixed embedding (`PrototypeEmbedding(..., fixed=True)`) is left out of the weight
-    decay, so that it stays exactly as built (its gradient is zero, so Adam leaves it alone)."""
+    """The paper's Table 3 optimiser: learning rate 1e-3 (a number or an optax schedule) and
+    weight decay 1e-3 for every method.
+
+    - NoProp-DT and the backprop baseline: AdamW, decoupled decay (`optax.adamw`).
+    - NoProp-CT and NoProp-FM: Adam with the decay as an L2 term added to the gradient before
+      Adam's normalisation, as PyTorch's `Adam(weight_decay=...)` does
+      (`optax.chain(optax.add_decayed_weights(wd), optax.adam(lr))`). `weight_decay=0` gives
+      plain Adam.
+
+    A fixed embedding (`PrototypeEmbedding(..., fixed=True)`) is left out of the weight decay,
+    so that it stays exactly as built (its gradient is zero, so Adam leaves it alone)."""
     from ._backprop import BackpropBaseline
     from ._dt import NoPropDT
 
+    mask = _decay_all_but_fixed_embedding if _has_fixed_embedding(model) else None
     if isinstance(model, NoPropDT | BackpropBaseline):
-        mask = _decay_all_but_fixed_embedding if _has_fixed_embedding(model) else None
         return optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
-    return optax.adam(learning_rate)
+    if weight_decay == 0:
+        return optax.adam(learning_rate)
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=mask), optax.adam(learning_rate)
+    )
+
+
+def weight_decay_mode(variant: str, weight_decay: float | None) -> str:
+    """How `paper_optimizer` applies weight decay to a variant ("DT", "CT", "FM", "BP"):
+    "decoupled" (AdamW: DT, BP), "l2" (an L2 gradient term before Adam: CT, FM with a
+    non-zero decay) or "none" (plain Adam: CT, FM with no decay; `None` marks a run saved
+    before CT/FM had weight decay, which trained with plain Adam)."""
+    if variant in ("DT", "BP"):
+        return "decoupled"
+    return "l2" if weight_decay else "none"
 
 
 def _has_fixed_embedding(model: eqx.Module) -> bool:

@@ -1,8 +1,6 @@
 """Random-shift augmentation: against a brute-force translation, its offsets, its keys in the
 training loop, and the CLI option."""
 
-import json
-
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -11,6 +9,8 @@ import pytest
 import noprop_eqx as npx
 from noprop_eqx import data as data_lib
 from noprop_eqx.__main__ import main
+
+from .conftest import as_a_user
 
 
 def _translate_brute_force(image, dy, dx, fill):
@@ -62,12 +62,15 @@ def test_random_shift_zero_is_identity_and_bad_input_is_a_clear_error():
     )
     with pytest.raises(ValueError, match="non-negative int, got -1"):
         data_lib.random_shift(x, max_shift=-1, fill=[0.0], key=jr.key(0))
-    with pytest.raises(TypeError):  # under the test suite's jaxtyping checks, or our own
-        data_lib.random_shift(x, max_shift=1.5, fill=[0.0], key=jr.key(0))
     with pytest.raises(ValueError, match=r"one fill value per channel \(1\), got shape \(3,\)"):
         data_lib.random_shift(x, max_shift=1, fill=[0.0, 0.0, 0.0], key=jr.key(0))
-    with pytest.raises((ValueError, TypeError)):  # TypeError from the suite's jaxtyping checks
-        data_lib.random_shift(x[0], max_shift=1, fill=[0.0], key=jr.key(0))
+    with as_a_user():  # the library's messages, not the suite's type checker's
+        with pytest.raises(TypeError, match="expected max_shift a non-negative int, got float"):
+            data_lib.random_shift(x, max_shift=1.5, fill=[0.0], key=jr.key(0))
+        with pytest.raises(
+            ValueError, match=r"shape \(batch, c, h, w\), got \(1, 4, 4\)"
+        ):
+            data_lib.random_shift(x[0], max_shift=1, fill=[0.0], key=jr.key(0))
 
 
 def test_background_is_the_normalised_black_pixel():
@@ -107,18 +110,6 @@ def test_train_epoch_augments_each_batch_with_its_own_key():
     assert len({bytes(np.asarray(k)) for k in keys}) == 3
     for k in npx.epoch_keys(base, 2):  # a stream apart from the shuffle and step keys
         assert not np.array_equal(jr.key_data(k), jr.key_data(k_aug))
-
-
-def test_cli_augment_shift_is_recorded_and_pinned_on_resume(tmp_path):
-    argv = ["train", "--dataset", "digits", "--variants", "DT", "--model", "simple"]
-    argv += ["--num-blocks", "2", "--batch-size", "64", "--limit-train", "128"]
-    argv += ["--limit-test", "64", "--inference-runs", "0", "--out", str(tmp_path)]
-    assert main([*argv, "--epochs", "1", "--augment-shift", "1"]) == 0
-    config = json.loads((tmp_path / "DT" / "config.json").read_text())
-    summary = json.loads((tmp_path / "DT" / "summary.json").read_text())
-    assert config["augment_shift"] == summary["augment_shift"] == 1
-    with pytest.raises(SystemExit, match="augment_shift 1 vs 0"):
-        main([*argv, "--epochs", "1", "--resume"])
 
 
 def test_cli_bad_augment_shift_is_a_clear_error(tmp_path, capsys):

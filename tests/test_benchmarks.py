@@ -1,4 +1,5 @@
-"""Every benchmark script runs end to end with --quick and writes JSON of the documented schema.
+"""Every benchmark script runs end to end with --quick and writes JSON of the documented schema
+(the one-off studies under `-m slow`).
 
 Each script runs in its own process (as a user runs it; XLA flags are per process), writing to
 a temporary folder; they run concurrently. No timing is asserted: --quick uses tiny shapes
@@ -17,24 +18,27 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-SCRIPTS = {
+# The tools a user runs: in the default suite.
+TOOLS = {
     "train_throughput.py": ["--variants", "DT", "DT-auto", "DT-blockwise", "DT-low", "backprop"],
-    # One child process (the non-default flags) keeps the test short.
-    "dt_strategies.py": ["--variants", "DT-loop", "--flag-sets", "ynn-off"],
     "inference.py": ["--variants", "DT", "FM"],
     "torch_reference.py": [],
+}
+# One-off studies: their tests are marked slow (`pytest -m slow`).
+STUDIES = {
+    # One child process (the non-default flags) keeps the test short.
+    "dt_strategies.py": ["--variants", "DT-loop", "--flag-sets", "ynn-off"],
     "epoch_time.py": ["--variants", "DT", "--steps-per-call", "2", "--modes", "host", "host-scan"],
     "conv_kernels.py": [],
     "pool_order.py": ["--variants", "DT-blockwise"],
 }
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def _start(scripts: dict, tmp_path_factory):
     """Starts every script at once (each mostly compiles, single-threaded, so on 2 cores the
     processes finish in about half the time they take one after the other)."""
     processes = {}
-    for name, args in SCRIPTS.items():
+    for name, args in scripts.items():
         out_dir = tmp_path_factory.mktemp(name.removesuffix(".py"))
         command = [sys.executable, str(BENCHMARKS / name), "--quick", "--out-dir", str(out_dir)]
         process = subprocess.Popen(
@@ -45,11 +49,28 @@ def runs(tmp_path_factory):
             cwd=BENCHMARKS.parent,
         )
         processes[name] = (process, out_dir)
-    yield processes
+    return processes
+
+
+def _stop(processes: dict) -> None:
     for process, _ in processes.values():
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    processes = _start(TOOLS, tmp_path_factory)
+    yield processes
+    _stop(processes)
+
+
+@pytest.fixture(scope="module")
+def study_runs(tmp_path_factory):
+    processes = _start(STUDIES, tmp_path_factory)
+    yield processes
+    _stop(processes)
 
 
 def finish(runs, name: str) -> tuple[str, Path]:
@@ -90,15 +111,33 @@ def test_train_throughput(runs):
         assert row["memory_bytes"]["argument_bytes"] > 0
         assert row["flops_per_step"] > 0 and row["flops_fraction_of_matmul"] > 0
         assert row["peak_rss_mb"] > 0
-    # DT and DT-low do the same arithmetic: the same FLOPs (from the unrolled formulation).
-    assert rows["DT"]["flops_per_step"] == rows["DT-low"]["flops_per_step"]
-    assert payload["matmul"]["before"]["flops_per_second"] > 0
+    matmul = payload["matmul"]["before"]["flops_per_second"]
+    assert matmul > 0
+    for row in rows.values():  # the derived columns follow from the measured ones
+        median = row["seconds"]["median"]
+        assert row["images_per_s"] == pytest.approx(row["batch"] / median)
+        assert row["flops_per_second"] == pytest.approx(row["flops_per_step"] / median)
+        assert row["flops_fraction_of_matmul"] == pytest.approx(
+            row["flops_per_step"] / median / matmul
+        )
+    # DT and backprop run the same T blocks forward and backward once per step (DT on its own
+    # sampled inputs, backprop chained): their FLOPs agree to within a factor of two.
+    assert 0.5 < rows["DT"]["flops_per_step"] / rows["backprop"]["flops_per_step"] < 2.0
     (ratio,) = payload["ratios"]
-    assert ratio["DT_time_over_backprop"] > 0 and ratio["DT-low_temp_over_backprop"] > 0
+    bp = rows["backprop"]
+    assert ratio["DT_time_over_backprop"] == pytest.approx(
+        rows["DT"]["ms_per_step"] / bp["ms_per_step"]
+    )
+    assert ratio["DT-low_temp_over_backprop"] == pytest.approx(
+        rows["DT-low"]["memory_bytes"]["temp_bytes"] / bp["memory_bytes"]["temp_bytes"]
+    )
+    # The low-memory step holds one block's activations at a time: less temporary memory.
+    assert rows["DT-low"]["memory_bytes"]["temp_bytes"] < rows["DT"]["memory_bytes"]["temp_bytes"]
 
 
-def test_dt_strategies(runs):
-    _, tmp_path = finish(runs, "dt_strategies.py")
+@pytest.mark.slow
+def test_dt_strategies(study_runs):
+    _, tmp_path = finish(study_runs, "dt_strategies.py")
     payload = load(tmp_path, "dt_strategies")
     assert {row["flags"] for row in payload["rows"]} == {"ynn-off"}
     assert set(payload["children"]) == {"ynn-off"}
@@ -138,8 +177,9 @@ def test_torch_reference(runs):
     assert payload["threads"] >= 1
 
 
-def test_epoch_time(runs):
-    _, tmp_path = finish(runs, "epoch_time.py")
+@pytest.mark.slow
+def test_epoch_time(study_runs):
+    _, tmp_path = finish(study_runs, "epoch_time.py")
     payload = load(tmp_path, "epoch_time")
     rows = {row["mode"]: row for row in payload["rows"]}
     # (The "device" and "scan" modes use the same step calls; left out to keep the test short.)
@@ -155,8 +195,9 @@ def test_epoch_time(runs):
     )
 
 
-def test_conv_kernels(runs):
-    _, tmp_path = finish(runs, "conv_kernels.py")
+@pytest.mark.slow
+def test_conv_kernels(study_runs):
+    _, tmp_path = finish(study_runs, "conv_kernels.py")
     payload = load(tmp_path, "conv_kernels")
     rows = payload["rows"]
     assert len(rows) == 2 * 4  # the two --quick layers x four kernels
@@ -200,8 +241,9 @@ def test_conv_kernels_compute_the_gradients_they_name():
         np.testing.assert_allclose(np.asarray(fn(*args)), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_pool_order(runs):
-    stdout, tmp_path = finish(runs, "pool_order.py")
+@pytest.mark.slow
+def test_pool_order(study_runs):
+    stdout, tmp_path = finish(study_runs, "pool_order.py")
     assert "orders agree" in stdout
     rows = load(tmp_path, "pool_order")["rows"]
     assert [(r["variant"], r["order"]) for r in rows] == [
@@ -210,7 +252,10 @@ def test_pool_order(runs):
     ]
     for row in rows:
         check_timing(row["seconds"])
-    assert rows[0]["time_over_pool_first"] == 1.0
+        assert row["images_per_s"] == pytest.approx(row["batch"] / row["seconds"]["median"])
+    assert rows[1]["time_over_pool_first"] == pytest.approx(
+        rows[1]["ms_per_step"] / rows[0]["ms_per_step"]
+    )
 
 
 def test_pool_order_reference_is_the_textbook_order(getkey):

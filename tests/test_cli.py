@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import diffrax
 import jax
 import jax.random as jr
 import numpy as np
@@ -95,25 +96,42 @@ def test_results_schema(digits_run):
     runs, results = digits_run
     records = json.loads(results.read_text())
     assert [r["variant"] for r in records] == ["DT", "CT", "FM", "BP"]
+    from noprop_eqx._checkpoint import load_run
+
+    ds = data_lib.load_dataset("digits").subset(256, 100)
     for r in records:
         assert RECORD_KEYS <= set(r)
         assert r["dataset"] == "digits" and r["model"] == "simple" and r["epochs"] == 1
-        assert r["best_accuracy"] >= r["final_accuracy"]
         assert r["command"].startswith("noprop-eqx train")
         assert r["device"]
         if jax.default_backend() == "cpu":  # names the processor, e.g. "cpu (AMD EPYC, 2 cores)"
             assert r["device"].startswith("cpu (") and r["device"].endswith(" cores)")
+        # The record agrees with the run's own per-epoch file ...
+        lines = [
+            json.loads(x) for x in (runs / r["variant"] / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert r["final_accuracy"] == lines[-1]["test_accuracy"]
+        assert r["best_accuracy"] == max(m["test_accuracy"] for m in lines)
+        # ... and with the saved model, evaluated again here (deterministic read-outs).
+        model = load_run(runs / r["variant"], ds)[0]
+        kwargs = {} if r["nfe"] is None else {"solver": diffrax.Heun(), "num_steps": 4}
+        assert npx.evaluate_accuracy(model, ds.x_test, ds.y_test, **kwargs) == r["final_accuracy"]
     by_variant = {r["variant"]: r for r in records}
     dt = by_variant["DT"]
-    assert len(dt["accuracy_stochastic_runs"]) == 5
-    assert dt["accuracy_stochastic_se"] >= 0
-    assert dt["accuracy_deterministic"] == dt["final_accuracy"]
+    dt_model = load_run(runs / "DT", ds)[0]
+    assert dt["accuracy_deterministic"] == npx.evaluate_accuracy(dt_model, ds.x_test, ds.y_test)
+    # The 5 stochastic runs, redone from the documented key, and their statistics.
+    k_infer = jr.fold_in(jr.key(0), 1_000_003)
+    redone = [
+        npx.evaluate_accuracy(dt_model, ds.x_test, ds.y_test, key=k) for k in jr.split(k_infer, 5)
+    ]
+    assert dt["accuracy_stochastic_runs"] == pytest.approx(redone, abs=1e-12)
+    assert dt["accuracy_stochastic_mean"] == pytest.approx(sum(redone) / 5)
+    mean = sum(redone) / 5
+    se = (sum((a - mean) ** 2 for a in redone) / 4) ** 0.5 / 5**0.5
+    assert dt["accuracy_stochastic_se"] == pytest.approx(se, abs=1e-12)
     # The block-average read-out of the saved model, recomputed here.
-    from noprop_eqx._checkpoint import load_run
-
-    ds = data_lib.load_dataset("digits").subset(256, 100)
-    model = load_run(runs / "DT", ds)[0]
-    blocks = npx.evaluate_accuracy(model, ds.x_test, ds.y_test, readout="blocks")
+    blocks = npx.evaluate_accuracy(dt_model, ds.x_test, ds.y_test, readout="blocks")
     assert dt["accuracy_blocks"] == blocks
     for v in ("CT", "FM"):  # Heun, 4 steps, 2 evaluations each
         assert by_variant[v]["inference_solver"] == "heun"
@@ -157,9 +175,23 @@ def test_solver_study_quick(digits_run, tmp_path):
     assert (tmp_path / "solvers.png").stat().st_size > 1000
     rows = {r["label"]: r for r in results["models"]["FM"]["rows"]}
     assert rows["euler 8"]["nfe"] == 8 and rows["heun 2"]["nfe"] == 4
-    assert rows["euler 8"]["agreement"] == 1.0  # the reference agrees with itself
     assert results["models"]["FM"]["summary"]["reference"] == "euler 8"
-    assert all(0 <= r["accuracy"] <= 1 for r in rows.values())
+    # Each row's accuracy and agreement, redone here from the saved model on the same 64 images.
+    from noprop_eqx._checkpoint import load_run
+
+    ds = data_lib.load_dataset("digits").subset(256, 64)
+    model = load_run(runs / "FM", ds)[0]
+    preds = {
+        label: np.asarray(model.predict(ds.x_test, solver=solver, num_steps=n))
+        for label, solver, n in (("euler 8", diffrax.Euler(), 8), ("heun 2", diffrax.Heun(), 2))
+    }
+    for label, p in preds.items():
+        assert rows[label]["accuracy"] == pytest.approx(float(np.mean(p == ds.y_test)))
+    agreement = float(np.mean(preds["heun 2"] == preds["euler 8"]))
+    assert rows["heun 2"]["agreement"] == pytest.approx(agreement)
+    assert rows["heun 2"]["delta_points"] == pytest.approx(
+        100 * (rows["heun 2"]["accuracy"] - rows["euler 8"]["accuracy"])
+    )
 
 
 def test_dt_readouts_quick(digits_run, tmp_path):
@@ -170,7 +202,21 @@ def test_dt_readouts_quick(digits_run, tmp_path):
     assert row["chains"] == 2 and row["test_size"] == 200
     for name in ("deterministic", "last_block", "blocks", "nearest", "ensemble"):
         assert 0 <= row[name] <= 100
-    assert len(row["per_block"]) == 2 and row["per_block"][-1] == row["last_block"]
+    # Each block's own argmax and the nearest-embedding read-out, redone here from the saved
+    # model's deterministic chain (z_0 = 0, no noise) on the same 200 test images.
+    from noprop_eqx._checkpoint import load_run
+
+    ds = data_lib.load_dataset("digits").subset(256, 200)
+    model = load_run(runs / "DT", ds)[0]
+    z, block_logits = model.denoise_chain(ds.x_test, key=None)
+    per_block = [
+        round(100 * float(np.mean(np.argmax(b, -1) == ds.y_test)), 2) for b in block_logits
+    ]
+    assert row["per_block"] == per_block
+    assert row["last_block"] == per_block[-1]
+    w = np.asarray(model.embedding.matrix())
+    nearest = np.argmin(((np.asarray(z)[:, None] - w[None]) ** 2).sum(-1), -1)
+    assert row["nearest"] == round(100 * float(np.mean(nearest == ds.y_test)), 2)
     assert "moved" not in row  # one-hot embeddings never train
     assert (tmp_path / "dt_readouts.md").read_text().count("\n|") >= 2
     assert (tmp_path / "dt_readouts.png").stat().st_size > 1000
@@ -250,62 +296,12 @@ def test_smoke_digits_paper_settings_all_variants(tmp_path):
         assert (tmp_path / variant / "summary.json").is_file()
 
 
-def test_cosine_schedule_is_recorded_and_pinned_on_resume(tmp_path):
-    argv = ["train", "--dataset", "digits", "--variants", "FM", *QUICK, "--limit-train", "128"]
-    argv += ["--lr-schedule", "cosine", "--out", str(tmp_path)]
-    assert main([*argv, "--epochs", "1"]) == 0
-    config = json.loads((tmp_path / "FM" / "config.json").read_text())
-    assert config["lr_schedule"] == "cosine" and config["lr_decay_steps"] == 128 // 64
-    # The decay length is fixed by --epochs: a longer resumed run would change the trajectory.
-    with pytest.raises(SystemExit, match="lr_decay_steps 2 vs 4"):
-        main([*argv, "--epochs", "2", "--resume"])
-
-
-def test_bfloat16_compute_is_recorded_and_pinned_on_resume(tmp_path):
-    argv = ["train", "--dataset", "digits", "--variants", "DT", *QUICK, "--limit-train", "128"]
-    argv += ["--limit-test", "64", "--out", str(tmp_path), "--inference-runs", "0"]
-    assert main([*argv, "--compute-dtype", "bfloat16"]) == 0
-    config = json.loads((tmp_path / "DT" / "config.json").read_text())
-    summary = json.loads((tmp_path / "DT" / "summary.json").read_text())
-    assert config["compute_dtype"] == summary["compute_dtype"] == "bfloat16"
-    assert 0.0 <= summary["final_accuracy"] <= 1.0
-    with pytest.raises(SystemExit, match="compute_dtype 'bfloat16' vs 'float32'"):
-        main([*argv, "--epochs", "2", "--resume"])
-
-
-def test_steps_per_call_is_recorded(tmp_path):
-    argv = ["train", "--dataset", "digits", "--variants", "FM", *QUICK, "--limit-train", "256"]
-    argv += ["--limit-test", "64", "--out", str(tmp_path), "--steps-per-call", "3"]
-    assert main(argv) == 0
-    config = json.loads((tmp_path / "FM" / "config.json").read_text())
-    assert config["steps_per_call"] == 3
-
-
 def test_bad_steps_per_call_is_a_clear_error(tmp_path, capsys):
     argv = ["train", "--dataset", "digits", "--variants", "FM", "--out", str(tmp_path)]
     with pytest.raises(SystemExit) as e:
         main([*argv, "--steps-per-call", "0"])
     assert e.value.code == 2
     assert "expected a positive integer or 'auto', got '0'" in capsys.readouterr().err
-
-
-def test_prototype_scale_is_recorded_and_pinned_on_resume(tmp_path):
-    argv = ["train", "--dataset", "digits", "--variants", "FM", *QUICK, "--limit-train", "128"]
-    argv += ["--limit-test", "64", "--eval-steps", "2", "--embedding", "prototype"]
-    argv += ["--out", str(tmp_path)]
-    assert main([*argv, "--prototype-scale", "one-hot"]) == 0
-    config = json.loads((tmp_path / "FM-prototype" / "config.json").read_text())
-    summary = json.loads((tmp_path / "FM-prototype" / "summary.json").read_text())
-    assert config["prototype_scale"] == summary["prototype_scale"] == "one-hot"
-    # The run folder reloads, as the solver study reloads runs (test_solver_study_quick covers
-    # one-hot runs, whose config holds a null prototype scale).
-    from noprop_eqx._checkpoint import load_run
-
-    ds = data_lib.load_dataset("digits").subset(128, 64)
-    model, _, epoch, _, _ = load_run(tmp_path / "FM-prototype", ds)
-    assert epoch == 1 and model.embedding.dim == 64
-    with pytest.raises(SystemExit, match="prototype_scale 'one-hot' vs 'raw'"):
-        main([*argv, "--epochs", "2", "--resume"])
 
 
 @pytest.mark.parametrize("flag", [["--prototype-scale", "one-hot"], ["--fixed-embedding"]])

@@ -79,9 +79,11 @@ def _tiny_dataset(**overrides) -> ImageDataset:
 def test_image_dataset_validation_and_subset():
     ds = _tiny_dataset()
     assert ds.image_shape == (1, 2, 2)
-    small = ds.subset(limit_train=2, limit_test=1)
+    small = ds.subset(limit_train=2, limit_test=1, seed=None)  # the first rows
     assert small.x_train.shape == (2, 1, 2, 2) and small.y_test.tolist() == [2]
     assert small.subset().y_train.tolist() == [0, 1]
+    with pytest.raises(ValueError, match="expected limit_train of at least 3 .* got 2"):
+        ds.subset(limit_train=2)  # seeded subsets keep every class
     with pytest.raises(ValueError, match="float32.*float64"):
         _tiny_dataset(x_train=np.zeros((4, 1, 2, 2)))
     with pytest.raises(ValueError, match=r"labels in \[0, 3\), got values in \[0, 3\]"):
@@ -92,6 +94,30 @@ def test_image_dataset_validation_and_subset():
         _tiny_dataset(mean=(0.1, 0.2, 0.3))
     with pytest.raises(ValueError, match="limit_train"):
         ds.subset(limit_train=0)
+
+
+def test_seeded_subset_is_stratified_random_and_reproducible():
+    """A dataset sorted by class (as the CIFAR-10 JPEG copy is): the first 20 rows hold class 0
+    only, a seeded subset of 20 holds every class in its share."""
+    counts = np.array([30, 30, 20, 10, 10])  # shares 0.3, 0.3, 0.2, 0.1, 0.1
+    y = np.repeat(np.arange(5), counts).astype(np.int32)
+    x = np.arange(len(y), dtype=np.float32).reshape(-1, 1, 1, 1)
+    ds = _tiny_dataset(x_train=x, y_train=y, x_test=x, y_test=y, num_classes=5)
+    assert set(ds.subset(20, 20, seed=None).y_train.tolist()) == {0}
+    sub = ds.subset(20, 15, seed=3)
+    # Train: 1 per class + 15 by share (4.5, 4.5, 3, 1.5, 1.5: floors 4, 4, 3, 1, 1, and the
+    # two left go to the first largest remainders, classes 0 and 1): 6, 6, 4, 2, 2.
+    assert np.bincount(sub.y_train, minlength=5).tolist() == [6, 6, 4, 2, 2]
+    # Test: 1 per class + 10 by share (3, 3, 2, 1, 1 exactly).
+    assert np.bincount(sub.y_test, minlength=5).tolist() == [4, 4, 3, 2, 2]
+    # Rows travel with their labels, in their original order, and differ by seed and split.
+    np.testing.assert_array_equal(y[sub.x_train[:, 0, 0, 0].astype(int)], sub.y_train)
+    assert np.all(np.diff(sub.x_train[:, 0, 0, 0]) > 0)
+    assert np.array_equal(sub.x_train, ds.subset(20, 15, seed=3).x_train)
+    assert not np.array_equal(sub.x_train, ds.subset(20, 15, seed=4).x_train)
+    assert not np.array_equal(sub.x_train[:15], sub.x_test)
+    with pytest.raises(ValueError, match="expected limit_test of at least 5"):
+        ds.subset(None, 4, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -90,8 +90,15 @@ def test_dt_readouts(getkey):
     expected = np.log(probs.mean(0))
     np.testing.assert_allclose(model.logits(x, readout="blocks"), expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(model.predict(x, readout="blocks"), np.argmax(expected, axis=-1))
-    assert npx.evaluate_accuracy(
-        model, np.asarray(x), np.argmax(expected, -1), readout="blocks"
-    ) == pytest.approx(1.0)
+    # evaluate_accuracy counts right and wrong answers: two of five labels changed gives 3/5,
+    # in one batch and in batches of 2 (the last one padded by repeating an example, which must
+    # not be counted), and of 3.
+    labels = np.argmax(expected, -1)
+    labels[:2] = (labels[:2] + 1) % M
+    for batch_size in (1000, 2, 3):
+        got = npx.evaluate_accuracy(
+            model, np.asarray(x), labels, readout="blocks", batch_size=batch_size
+        )
+        assert got == pytest.approx(3 / 5), batch_size
     with pytest.raises(ValueError, match=r"expected readout to be one of \('final', 'blocks'\)"):
         model.logits(x, readout="mean")

@@ -36,6 +36,12 @@ def _log_softmax(logits):
     return logits - logits.max() - math.log(np.exp(logits - logits.max()).sum())
 
 
+def _q_sample(u, alpha_bar, key):
+    """z ~ q(z_t | y) written out: √ᾱ·u + √(1 - ᾱ)·ε, ε = jr.normal(key) (the library's draw)."""
+    eps = _np(jr.normal(key, np.shape(u), jnp.float32))
+    return math.sqrt(alpha_bar) * _np(u) + math.sqrt(1 - alpha_bar) * eps
+
+
 def _kl(u, alpha_bar_0):
     d = len(u)
     return 0.5 * (alpha_bar_0 * (u @ u) + d * (1 - alpha_bar_0) - d - d * math.log(1 - alpha_bar_0))
@@ -53,6 +59,18 @@ def test_kl_formula_matches_monte_carlo():
     closed = float(npx.kl_to_standard_normal(jnp.asarray(u, dtype=jnp.float32), alpha_bar))
     assert closed == pytest.approx(mc, rel=1e-2)
     assert closed == pytest.approx(_kl(u, alpha_bar), rel=1e-5)
+
+
+def test_sample_q_mean_and_covariance():
+    """q(z_t | y) = N(√ᾱ·u, (1 - ᾱ) I): the sample mean is √ᾱ·u (not ᾱ·u or u) and the sample
+    covariance is (1 - ᾱ)·I, to Monte-Carlo precision (n = 200,000: the mean's standard error is
+    √(0.64/n) ≈ 0.0018, so 0.01 is over 5 standard errors; ᾱ·u differs from √ᾱ·u by ≥ 0.2)."""
+    u = jnp.asarray([1.0, -2.0, 0.5], dtype=jnp.float32)
+    alpha_bar = 0.36
+    z = jax.vmap(lambda k: npx.sample_q(u, alpha_bar, key=k))(jr.split(jr.key(0), 200_000))
+    z = _np(z)
+    np.testing.assert_allclose(z.mean(0), 0.6 * _np(u), atol=0.01)
+    np.testing.assert_allclose(np.cov(z.T), 0.64 * np.eye(3), atol=0.01)
 
 
 @pytest.mark.parametrize("embedding", ["one-hot", "learned"])
@@ -94,12 +112,13 @@ def test_dt_loss_matches_reference(getkey, embedding):
     for b in range(B):
         u = w[y[b]]
         for t in range(1, T + 1):
-            z_prev = npx.sample_q(u, alpha_bar[t - 1], key=jr.split(level_keys[t - 1], B)[b])
+            z_prev = _q_sample(u, alpha_bar[t - 1], jr.split(level_keys[t - 1], B)[b])
+            z_prev = jnp.asarray(z_prev, dtype=jnp.float32)
             logits = _np(eqx.filter_jit(model.block(t - 1))(z_prev, x[b]))
             probs = np.exp(_log_softmax(logits))
             u_hat = probs @ _np(w)
             denoise[t - 1] += (snr[t] - snr[t - 1]) * np.sum((u_hat - _np(u)) ** 2) / B
-        z_T = npx.sample_q(u, alpha_bar[T], key=jr.split(level_keys[T], B)[b])
+        z_T = jnp.asarray(_q_sample(u, alpha_bar[T], jr.split(level_keys[T], B)[b]), jnp.float32)
         ce += -_log_softmax(model.readout(z_T))[int(y[b])] / B
         kl += _kl(_np(u), alpha_bar[0]) / B
     expected = ce + kl + 0.5 * T * 0.1 * denoise.mean()
@@ -127,12 +146,12 @@ def test_ct_loss_matches_reference(getkey):
         t = ts[b]
         alpha_bar = sig(gamma * (2 * t - 1))
         snr_prime = 2 * gamma * math.exp(gamma * (2 * t - 1))  # d/dt exp(γ(2t-1))
-        u = jnp.asarray(w[int(y[b])], dtype=jnp.float32)
-        z_t = npx.sample_q(u, alpha_bar, key=jr.split(k_z, B)[b])
+        u = w[int(y[b])]
+        z_t = jnp.asarray(_q_sample(u, alpha_bar, jr.split(k_z, B)[b]), dtype=jnp.float32)
         logits = eqx.filter_jit(model.net)(z_t, x[b], jnp.asarray(t, dtype=jnp.float32))
         u_hat = np.exp(_log_softmax(logits)) @ w
         denoise += snr_prime * np.sum((u_hat - w[int(y[b])]) ** 2) / B
-        z_1 = npx.sample_q(u, sig(gamma), key=jr.split(k_z1, B)[b])
+        z_1 = jnp.asarray(_q_sample(u, sig(gamma), jr.split(k_z1, B)[b]), dtype=jnp.float32)
         ce += -_log_softmax(model.readout(z_1))[int(y[b])] / B
         kl += _kl(w[int(y[b])], sig(-gamma)) / B
     assert float(aux["denoise"]) == pytest.approx(0.5 * 1.0 * denoise, rel=1e-3)

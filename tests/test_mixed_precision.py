@@ -1,6 +1,8 @@
 """Mixed precision: `mixed_precision(loss_fn, jnp.bfloat16)`, `make_step(compute_dtype=...)`
 and `dt_value_and_grad(compute_dtype=...)` compute in bf16 and keep float32 parameters."""
 
+import re
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -60,33 +62,66 @@ def test_bf16_gradients_follow_float32(cls):
     assert _dtypes(g16) == {jnp.dtype(jnp.float32)}
     np.testing.assert_allclose(float(loss16), float(loss32), rtol=0.1)
     assert _cosine(_flat(g16), _flat(g32)) > 0.99
+    # ... and was computed in bf16: rounding moves both (an ignored compute dtype would not).
+    assert float(loss16) != float(loss32)
+    assert float(jnp.max(jnp.abs(_flat(g16) - _flat(g32)))) > 0
+
+
+def _conv_operand_dtypes(fn, *args) -> list[tuple]:
+    """The operand dtypes of every convolution in the traced `fn(*args)`, nested calls (jit,
+    scan, remat, custom derivatives) included."""
+    jaxpr = eqx.filter_make_jaxpr(fn)(*args)[0]
+    found = []
+
+    def walk(jx):
+        for eqn in jx.eqns:
+            if eqn.primitive.name == "conv_general_dilated":
+                found.append(tuple(v.aval.dtype for v in eqn.invars))
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, tuple | list) else (param,):
+                    inner = getattr(sub, "jaxpr", None)
+                    if inner is not None:
+                        walk(getattr(inner, "jaxpr", inner))
+
+    walk(jaxpr.jaxpr)
+    return found
 
 
 def test_bf16_convolutions_run_in_bf16():
-    """The FLOPs run in bf16: every convolution and the image branch's matmul in the traced
-    loss take bf16 operands. (With float32 the same check finds no bf16 at all.)"""
+    """The FLOPs run in bf16: every convolution in the traced loss takes bf16 operands. (With
+    float32 the same check finds no bf16 at all.)"""
     model, batch = _model(npx.NoPropDT), _batch()
-
-    def eqn_dtypes(loss_fn):
-        jaxpr = eqx.filter_make_jaxpr(lambda m: loss_fn(m, batch, jr.key(0)))(model)[0]
-        found = []
-
-        def walk(jx):
-            for eqn in jx.eqns:
-                if eqn.primitive.name == "conv_general_dilated":
-                    found.append(tuple(v.aval.dtype for v in eqn.invars))
-                for param in eqn.params.values():
-                    if hasattr(param, "jaxpr"):
-                        walk(param.jaxpr)
-
-        walk(jaxpr.jaxpr)
-        return found
-
-    bf16 = eqn_dtypes(mixed_precision(npx.NoPropDT.loss_fn))
-    f32 = eqn_dtypes(npx.NoPropDT.loss_fn)
+    bf16 = _conv_operand_dtypes(
+        lambda m: mixed_precision(npx.NoPropDT.loss_fn)(m, batch, jr.key(0)), model
+    )
+    f32 = _conv_operand_dtypes(lambda m: npx.NoPropDT.loss_fn(m, batch, jr.key(0)), model)
     assert bf16 and f32
     assert all(d == (jnp.bfloat16, jnp.bfloat16) for d in bf16)
     assert all(d == (jnp.float32, jnp.float32) for d in f32)
+
+
+@pytest.mark.parametrize("kind", ["make_step", "make_dt_step"])
+def test_steps_compute_in_the_compute_dtype(kind):
+    """`make_step(compute_dtype=bf16)` and `make_dt_step(compute_dtype=bf16)` run every
+    convolution of the whole step, forward and backward, in bf16; without it, in float32."""
+    model = _model(npx.NoPropDT)
+    optimizer = npx.paper_optimizer(model)
+    opt_state = npx.init_optimizer_state(model, optimizer)
+
+    def build(dtype):
+        if kind == "make_step":
+            return npx.make_step(npx.NoPropDT.loss_fn, optimizer, compute_dtype=dtype)
+        return npx.make_dt_step(optimizer, compute_dtype=dtype)
+
+    for dtype, expected in ((jnp.bfloat16, "bf16"), (None, "f32")):
+        # The steps are top-level jits with compiler options: read the lowered StableHLO.
+        text = build(dtype).lower(model, opt_state, _batch(), jr.key(3)).as_text()
+        convs = [line for line in text.splitlines() if "stablehlo.convolution" in line]
+        assert len(convs) >= 3 * 2  # two blocks' three convolutions, at least forward
+        for line in convs:
+            operands = line.rsplit(" : (", 1)[1].split(") -> ")[0]
+            types = re.findall(r"tensor<[^>]*x(\w+)>", operands)
+            assert types == [expected, expected], (dtype, line)
 
 
 def test_make_step_bf16_keeps_float32_parameters():

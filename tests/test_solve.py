@@ -9,6 +9,8 @@ import pytest
 import noprop_eqx as npx
 from noprop_eqx.models import SimpleCNN, SinusoidalTimeEmbedding
 
+from .conftest import as_a_user
+
 SHAPE = (1, 8, 8)
 
 
@@ -101,9 +103,8 @@ def test_ct_and_fm_predict_with_each_solver(getkey):
 def test_bad_solver_options(getkey):
     field = lambda t, z, args: -z
     z0 = jnp.ones((2, 2))
-    # (Under the test suite's runtime type checking, jaxtyping reports this one first.)
-    with pytest.raises(TypeError, match=r"(?s)(expected a Diffrax solver, got str|solver.*'rk4')"):
-        npx.integrate(field, z0, solver="rk4")
+    with as_a_user(), pytest.raises(TypeError, match="expected a Diffrax solver, got str"):
+        npx.integrate(field, z0, solver="rk4")  # the library's message, not jaxtyping's
     with pytest.raises(ValueError, match="needs a solver with an error estimate; Euler has none"):
         npx.integrate(
             field, z0, solver=diffrax.Euler(), stepsize_controller=diffrax.PIDController(1e-3, 1e-3)

@@ -198,20 +198,40 @@ class ImageDataset:
         """The shape `(C, H, W)` of one image."""
         return self.x_train.shape[1:]
 
-    def subset(self, limit_train: int | None = None, limit_test: int | None = None):
-        """A new dataset keeping the first `limit_train` train and `limit_test` test examples.
+    def subset(
+        self,
+        limit_train: int | None = None,
+        limit_test: int | None = None,
+        *,
+        seed: int | None = 0,
+    ):
+        """A new dataset keeping `limit_train` train and `limit_test` test examples.
 
-        `None` keeps a whole split. Statistics and metadata are kept unchanged.
+        `None` keeps a whole split. With an integer `seed` (default 0) each split is a seeded
+        random, stratified sample: every class of the split keeps at least one example and the
+        rest follow the classes' shares (largest remainder), so a dataset stored sorted by class
+        (as some copies of CIFAR-10 are) still gives a subset with every class. The examples
+        keep their original order. `seed=None` keeps the first rows instead (the behaviour of
+        runs made before seeded subsets existed). Statistics and metadata are kept unchanged.
+
+        **Raises:** `ValueError` for a limit that is not a positive int, or (with a seed) for a
+        limit smaller than the number of classes in that split.
         """
         for label, limit in (("limit_train", limit_train), ("limit_test", limit_test)):
-            if limit is not None and (not isinstance(limit, int) or limit < 1):
+            if limit is not None and (
+                isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+            ):
                 raise ValueError(f"expected {label} a positive int or None, got {limit!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError(f"expected seed an int or None, got {seed!r}")
+        train = _subset_rows(self.y_train, limit_train, seed, 0, "limit_train")
+        test = _subset_rows(self.y_test, limit_test, seed, 1, "limit_test")
         return dataclasses.replace(
             self,
-            x_train=self.x_train[:limit_train],
-            y_train=self.y_train[:limit_train],
-            x_test=self.x_test[:limit_test],
-            y_test=self.y_test[:limit_test],
+            x_train=self.x_train[train],
+            y_train=self.y_train[train],
+            x_test=self.x_test[test],
+            y_test=self.y_test[test],
         )
 
     def __repr__(self) -> str:
@@ -220,3 +240,27 @@ class ImageDataset:
             f"test={len(self.y_test)}, image_shape={self.image_shape}, "
             f"num_classes={self.num_classes})"
         )
+
+
+def _subset_rows(y: np.ndarray, limit: int | None, seed: int | None, split: int, what: str):
+    """Row indices of a `limit`-example subset of labels `y` (see `ImageDataset.subset`)."""
+    if limit is None or limit >= len(y):
+        return slice(None)
+    if seed is None:
+        return slice(None, limit)
+    classes, counts = np.unique(y, return_counts=True)
+    if limit < len(classes):
+        raise ValueError(
+            f"expected {what} of at least {len(classes)} (one example of each class in the "
+            f"split), got {limit}: a subset with fewer classes than the dataset would train or "
+            f"test on part of the problem only"
+        )
+    # One example per class, then the rest by the classes' shares, largest remainder first.
+    share = (limit - len(classes)) * counts / len(y)
+    take = 1 + np.floor(share).astype(np.int64)
+    rest = limit - int(take.sum())
+    take[np.argsort(-(share - np.floor(share)), kind="stable")[:rest]] += 1
+    take = np.minimum(take, counts)
+    rng = np.random.default_rng([seed, split])
+    rows = [rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(rows))
