@@ -2,6 +2,8 @@
 follow the same trajectory as one call per step, and the per-backend defaults are what the
 benchmarks measured."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,8 @@ import noprop_eqx as npx
 from noprop_eqx._dt import default_dt_strategy
 from noprop_eqx._dt_step import default_dt_memory
 from noprop_eqx._loop import default_steps_per_call
+
+from .conftest import as_a_user
 
 SHAPE = (1, 8, 8)
 
@@ -61,18 +65,23 @@ def test_scan_equals_one_call_per_step(cls):
     _assert_close(o2, o1)
 
 
-def test_train_epoch_steps_per_call_matches_one_step_per_call():
-    """10 batches in calls of 4, 4 and 2 steps: the same epoch as 10 calls of one step."""
+@pytest.mark.parametrize("augment", [False, True])
+def test_train_epoch_steps_per_call_matches_one_step_per_call(augment):
+    """10 batches in calls of 4, 4 and 2 steps: the same epoch as 10 calls of one step, with
+    random-shift augmentation too (each batch shifted with its own key either way)."""
     model, optimizer, step = _setup(npx.NoPropFM)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((160, *SHAPE), dtype=np.float32)
     y = rng.integers(0, 10, 160).astype(np.int32)
+    hook = None
+    if augment:
+        hook = functools.partial(npx.data.random_shift, max_shift=2, fill=np.zeros(1, np.float32))
     out = {}
     for k in (1, 4):
         m, o = _copy(model), npx.init_optimizer_state(model, optimizer)
         m, o, stats = npx.train_epoch(
             step, m, o, x, y, batch_size=16, key=jr.key(2), epoch=1, progress=False,
-            steps_per_call=k,
+            steps_per_call=k, augment=hook,
         )  # fmt: skip
         out[k] = (eqx.filter(m, eqx.is_array), stats)
     assert out[4][1]["num_batches"] == out[1][1]["num_batches"] == 10
@@ -80,6 +89,13 @@ def test_train_epoch_steps_per_call_matches_one_step_per_call():
         out[4][1]["loss_terms"]["loss"], out[1][1]["loss_terms"]["loss"], rtol=1e-5
     )
     _assert_close(out[4][0], out[1][0])
+    if augment:  # the shifts changed the epoch: the comparison above covers them
+        m = _copy(model)
+        m, _, plain = npx.train_epoch(
+            step, m, npx.init_optimizer_state(model, optimizer), x, y, batch_size=16,
+            key=jr.key(2), epoch=1, progress=False, steps_per_call=4,
+        )  # fmt: skip
+        assert plain["loss_terms"]["loss"] != out[4][1]["loss_terms"]["loss"]
 
 
 def test_steps_per_call_needs_a_compiled_step():
@@ -100,3 +116,25 @@ def test_backend_defaults():
     assert default_steps_per_call(469, "cpu") == 1
     assert default_steps_per_call(469, "gpu") == 47
     assert default_steps_per_call(3, "gpu") == 1
+
+
+def test_compiler_options_fall_back_with_a_warning(monkeypatch):
+    """An option the installed jaxlib rejects is dropped with a warning naming it, and the
+    steps compile with XLA's defaults; an accepted one is used; "auto" means nothing off CPU."""
+    from noprop_eqx import _xla
+
+    _xla._accepted_cpu_options.cache_clear()
+    try:
+        assert _xla.default_compiler_options("cpu") == _xla.CPU_COMPILER_OPTIONS
+        assert _xla.default_compiler_options("gpu") == {}
+        _xla._accepted_cpu_options.cache_clear()
+        monkeypatch.setattr(_xla, "CPU_COMPILER_OPTIONS", {"xla_no_such_option_here": "1"})
+        with pytest.warns(UserWarning, match="rejects the CPU compiler options .*no_such_option"):
+            assert _xla.default_compiler_options("cpu") == {}
+    finally:
+        _xla._accepted_cpu_options.cache_clear()
+    assert _xla.jit_options(None) == {} and _xla.jit_options({}) == {}
+    assert _xla.jit_options({"a": "1"}) == {"compiler_options": {"a": "1"}}
+    with as_a_user():  # the library's message, not the suite's type checker's
+        with pytest.raises(TypeError, match="expected compiler_options to be 'auto', None or a"):
+            _xla.resolve_compiler_options("fast")
