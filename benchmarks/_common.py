@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from noprop_eqx._records import scrub_paths
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_VERSION = 1
@@ -286,12 +288,13 @@ def write_results(
         "rows": rows,
         **(extra or {}),
     }
+    payload = scrub_paths(json.loads(json.dumps(payload, default=str)))  # no machine paths
     json_path = out_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    json_path.write_text(json.dumps(payload, indent=2) + "\n")
     env = payload["environment"]
     table = markdown_table(rows, columns)
     header = (
-        f"# {name}\n\n`{' '.join(['python', *sys.argv])}`\n\n"
+        f"# {name}\n\n`{scrub_paths(' '.join(['python', *sys.argv]))}`\n\n"
         f"Device: {env['device']} ({env['cpu_model']}, {env['cpu_affinity']} cores), "
         f"jax {env['versions']['jax']}, commit {env['git_commit']}, "
         f"1-min load average at the end {env['load_average_1m']}.\n\n"

@@ -31,6 +31,7 @@ import numpy as np
 
 import noprop_eqx as npx
 from noprop_eqx.__main__ import git_commit
+from noprop_eqx._records import scrub_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -267,7 +268,7 @@ def main(argv=None) -> dict:
         )
         print(f"{variant}: reference {summary['reference']}; criterion {verdict}", file=log)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.write_text(json.dumps(scrub_paths(results), indent=2) + "\n")
     plot_path = args.plot or args.out.with_suffix(".png")
     plot(results, plot_path)
     print(f"wrote {args.out} and {plot_path}", file=log)

@@ -44,6 +44,7 @@ from ._loop import (
     stochastic_accuracy,
     train_epoch,
 )
+from ._records import portable_path, scrub_paths
 from ._solve import evaluations_per_step
 from ._train import (
     evaluate_accuracy,
@@ -301,7 +302,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--inference-runs",
         type=int,
         default=5,
-        help="stochastic DT inference runs at the end for mean ± s.e. (default 5; 0 skips)",
+        help="stochastic inference runs at the end for mean ± s.e., the paper's read-out (DT: "
+        "Eq. 3 with noise; CT/FM: the ODE from z_0 ~ N(0, I)); default 5; 0 skips",
     )
     p.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
 
@@ -614,13 +616,14 @@ def train_variant(
         best_epoch=max(history, key=lambda m: m["test_accuracy"])["epoch"],
         inference_solver=None,
         nfe=None,
-        run_dir=str(run_dir),
-        command=command,
+        run_dir=portable_path(run_dir),
+        command=scrub_paths(command),
         commit=commit,
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    if variant == "DT":
+    if variant in ("DT", "CT", "FM"):
         record["accuracy_deterministic"] = record["final_accuracy"]
+    if variant == "DT":
         # The same deterministic chain, read out from the T blocks' averaged class probabilities.
         record["accuracy_blocks"] = evaluate_accuracy(model, x_test, y_test, readout="blocks")
         print(
@@ -629,11 +632,13 @@ def train_variant(
             file=log,
             flush=True,
         )
-    if variant == "DT" and args.inference_runs > 0:
+    if variant in ("DT", "CT", "FM") and args.inference_runs > 0:
+        # The paper's read-out: DT's Eq. 3 with noise from z_0 ~ N(0, I); CT/FM's ODE from
+        # z_0 ~ N(0, I) (the deterministic read-outs above start from z_0 = 0).
         tic = time.perf_counter()
         k_infer = jr.fold_in(jr.key(args.seed), 1_000_003)
         runs = args.inference_runs
-        stoch = stochastic_accuracy(model, x_test, y_test, key=k_infer, runs=runs)
+        stoch = stochastic_accuracy(model, x_test, y_test, key=k_infer, runs=runs, **predict_kwargs)
         record.update(
             accuracy_stochastic_mean=stoch["mean"],
             accuracy_stochastic_se=stoch["se"],

@@ -103,6 +103,10 @@ def test_results_schema(digits_run):
         assert RECORD_KEYS <= set(r)
         assert r["dataset"] == "digits" and r["model"] == "simple" and r["epochs"] == 1
         assert r["command"].startswith("noprop-eqx train")
+        # The run folder is an absolute temporary path: the record keeps no machine path.
+        assert runs.is_absolute() and str(runs.parent) not in r["command"] + r["run_dir"]
+        assert r["run_dir"] == f"…/runs/{r['variant']}"
+        assert f"--out …/{runs.parent.name}/runs" in r["command"]
         assert r["device"]
         if jax.default_backend() == "cpu":  # names the processor, e.g. "cpu (AMD EPYC, 2 cores)"
             assert r["device"].startswith("cpu (") and r["device"].endswith(" cores)")
