@@ -72,13 +72,13 @@ def apply_jax_options(args: argparse.Namespace) -> None:
 
 
 def cpu_model() -> str | None:
-    from noprop_eqx.__main__ import cpu_model as model_name
+    from noprop_eqx._machine import cpu_model as model_name
 
     return model_name()
 
 
 def git_commit() -> str | None:
-    from noprop_eqx.__main__ import git_commit as commit_at
+    from noprop_eqx._machine import git_commit as commit_at
 
     return commit_at(REPO_ROOT, short=False)
 

@@ -40,6 +40,7 @@ from _common import base_parser, write_results
 import noprop_eqx as npx
 from noprop_eqx._checkpoint import model_from_config
 from noprop_eqx._loop import run_keys
+from noprop_eqx._records import portable_path
 
 COLUMNS = [
     ("label", "run"),
@@ -116,7 +117,7 @@ def evaluate_run(run: Path, ds, *, chains: int, batch_size: int, seed: int) -> d
                 f"evaluate_accuracy(readout={readout!r}) {reference:.4f}"
             )
     row = dict(
-        run=str(run),
+        run=portable_path(run),
         embedding=config["embedding"],
         prototype_scale=config.get("prototype_scale"),
         fixed_embedding=bool(config.get("fixed_embedding", False)),

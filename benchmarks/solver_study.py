@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import noprop_eqx as npx
-from noprop_eqx.__main__ import git_commit
-from noprop_eqx._records import scrub_paths
+from noprop_eqx._machine import git_commit
+from noprop_eqx._records import portable_path, scrub_paths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -216,7 +216,7 @@ def main(argv=None) -> dict:
             f"is there an adaptive or low-step setting within {args.tolerance_points} accuracy "
             f"points of the reference at <= {args.max_nfe:g} NFE?"
         ),
-        run_dir=str(args.run_dir),
+        run_dir=portable_path(args.run_dir),
         device=f"{jax.devices()[0].device_kind} ({jax.devices()[0].platform})",
         versions=dict(
             python=platform.python_version(),

@@ -38,6 +38,9 @@ NETWORKS = {
     "mnist": ("paper", (1, 28, 28), 10),
     "cifar": ("paper", (3, 32, 32), 10),
     "simple": ("simple", (1, 28, 28), 10),
+    # ResNets (CIFAR stem, GroupNorm) as DT blocks and CT/FM networks on CIFAR-10-shaped input.
+    "resnet18": ("resnet18", (3, 32, 32), 10),
+    "resnet50": ("resnet50", (3, 32, 32), 10),
     "tiny": ("simple", (1, 12, 12), 10),  # --quick only
 }
 VARIANTS = ("DT", "DT-auto", "DT-blockwise", "DT-low", "CT", "FM", "backprop")

@@ -1,15 +1,22 @@
 """Train NoProp-DT/CT/FM and the backprop baseline on CIFAR-10 or CIFAR-100 with a ResNet.
 
 This is `noprop-eqx train --dataset cifar10|cifar100 --model resnetN` with N = 18, 34, 50, 101
-or 152 given as `--resnet-depth N` (or `--resnet_depth N`); every other option is the CLI's
-(`--help` lists both). Data: a local HuggingFace `save_to_disk` folder (`--data-dir`, or
-`$NOPROP_DATA_DIR` holding `cifar10-jpeg/`, `cifar10/` or `cifar100/`), else the hub
-(`uoft-cs/cifar10`, `uoft-cs/cifar100`) when online.
+or 152 given as `--resnet-depth N` (or `--resnet_depth N`) and the first stage's channels as
+`--width` (default 64); every other option is the CLI's (`--help` lists both).
 
-    python examples/train_cifar.py --dataset cifar10 --epochs 150 --resnet-depth 18 --variants DT
-    python examples/train_cifar.py --dataset cifar10 --epochs 1 --resnet-depth 18 \\
-        --variants FM --limit-train 2000 --data-dir ../shared/data
+Data, never downloaded: `--data-dir` (or `$NOPROP_DATA_DIR`) names a folder holding the official
+python release, as its tarball (`cifar-10-python.tar.gz`, `cifar-100-python.tar.gz`) or the
+folder it extracts to (`cifar-10-batches-py/`, `cifar-100-python/`), md5-checked
+(`--no-verify-md5` skips the check); or a HuggingFace `save_to_disk` folder (`cifar10/`,
+`cifar100/`). CIFAR-100 trains on the 100 fine classes (`--cifar100-labels coarse`: 20).
+
+    python examples/train_cifar.py --dataset cifar100 --epochs 100 --resnet-depth 50 \\
+        --data-dir ~/data --variants DT
+    python examples/train_cifar.py --dataset cifar10 --epochs 1 --resnet-depth 18 --width 16 \\
+        --variants FM --limit-train 2000 --limit-test 1000 --data-dir ~/data  # a quick look
     python examples/train_cifar.py --dataset cifar10 --epochs 10 --model paper  # paper's CIFAR net
+
+`--limit-train N` trains on a seeded random sample of N images with every class in its share.
 """
 
 import argparse

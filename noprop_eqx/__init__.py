@@ -7,6 +7,7 @@ from ._checkpoint import (
     load_run as load_run,
     save_checkpoint as save_checkpoint,
 )
+from ._config import ConfigError as ConfigError, RunConfig as RunConfig
 from ._ct import NoPropCT as NoPropCT
 from ._dt import NoPropDT as NoPropDT, default_dt_strategy as default_dt_strategy
 from ._dt_step import (
@@ -37,6 +38,8 @@ from ._losses import (
     sample_q as sample_q,
     weighted_denoising_term as weighted_denoising_term,
 )
+from ._records import RunFileError as RunFileError
+from ._run import TrainingDiverged as TrainingDiverged, train as train
 from ._solve import ODESolution as ODESolution, integrate as integrate
 from ._train import (
     CompiledStep as CompiledStep,
@@ -55,6 +58,11 @@ from ._xla import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
+    "RunConfig",
+    "RunFileError",
+    "TrainingDiverged",
+    "train",
     "CPU_COMPILER_OPTIONS",
     "AbstractClassEmbedding",
     "BackpropBaseline",

@@ -313,7 +313,7 @@ def test_prototype_options_need_the_prototype_embedding(flag, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--dataset", "digits", *flag, "--out", "x"])
     assert e.value.code == 2
-    assert f"{flag[0]} applies to --embedding prototype only, got --embedding one-hot" in (
+    assert f"{flag[0]} applies to embedding 'prototype' only, got embedding 'one-hot'" in (
         capsys.readouterr().err
     )
 

@@ -22,3 +22,8 @@ def test_scrub_paths_walks_records_and_spares_urls():
         "list": ["benchmarks/results", "results/x.json", 3, None],
         "url": "https://github.com/owner/repo/blob/main/x.py",
     }
+
+
+def test_scrub_paths_is_idempotent():
+    once = scrub_paths("--out /scratch/me/runs/x", cwd="/home/me/code")
+    assert once == "--out …/runs/x" and scrub_paths(once, cwd="/home/me/code") == once

@@ -9,6 +9,7 @@ compiled call and bfloat16 compute.
 """
 
 import json
+import shutil
 
 import equinox as eqx
 import jax
@@ -39,6 +40,7 @@ def runs(tmp_path_factory):
     assert main([*BASE, "--out", str(straight)]) == 0
     assert main([*BASE, "--stop-after", "1", "--out", str(split)]) == 0
     after_stop = {name: _metrics(split / name) for name in RUNS}
+    shutil.copytree(split, root / "after_stop")  # for the tests that damage a run folder
     assert main([*BASE, "--resume", "--out", str(split)]) == 0
     return straight, split, after_stop
 
@@ -101,7 +103,7 @@ def test_settings_are_recorded(runs):
         (["--prototype-scale", "raw"], "prototype_scale 'one-hot' vs 'raw'"),
         (["--augment-shift", "0"], "augment_shift 1 vs 0"),
         (["--steps-per-call", "1"], "steps_per_call 2 vs 1"),
-        (["--epochs", "3"], "lr_decay_steps 6 vs 9"),
+        (["--epochs", "3"], "epochs 2 vs 3"),  # the cosine schedule's length
         (["--subset-seed", "1"], "subset_seed 0 vs 1"),
         (["--weight-decay", "0"], "weight_decay 0.001 vs 0.0"),
         (["--fixed-embedding"], "fixed_embedding False vs True"),
@@ -111,3 +113,106 @@ def test_resume_with_another_setting_is_refused(runs, change, message):
     _, split, _ = runs
     with pytest.raises(SystemExit, match=message):
         main([*BASE, *change, "--resume", "--out", str(split)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged run folders, divergence and interruption: clear messages, nothing lost.
+
+
+def _stopped_copy(runs, tmp_path):
+    """A copy of the run stopped after epoch 1 (DT and FM), to damage."""
+    straight, split, _ = runs
+    out = tmp_path / "runs"
+    shutil.copytree(split.parent / "after_stop", out)
+    return out
+
+
+def _resume_error(out) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([*BASE, "--resume", "--out", str(out)])
+    assert isinstance(e.value.code, str), e.value.code
+    return e.value.code
+
+
+def test_damaged_checkpoint_is_named_and_kept(runs, tmp_path):
+    out = _stopped_copy(runs, tmp_path)
+    path = out / "DT-prototype" / "checkpoint.eqx"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    msg = _resume_error(out)
+    assert f"cannot read the checkpoint {path}" in msg and "damaged" in msg
+    assert "Traceback" not in msg and len(msg.splitlines()) == 1
+    assert path.read_bytes() == data[: len(data) // 2]  # left as it was, for the user to restore
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbled"])
+def test_damaged_settings_file_is_named(runs, tmp_path, damage):
+    out = _stopped_copy(runs, tmp_path)
+    path = out / "DT-prototype" / "config.json"
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_text(path.read_text()[:40])
+    msg = _resume_error(out)
+    assert (
+        f"the run's settings file {path} is {'missing' if damage == 'missing' else 'damaged'}"
+        in msg
+    )
+
+
+def test_half_written_metrics_line_is_dropped_and_the_run_continues(runs, tmp_path):
+    """What a kill during an append leaves: the last line cut short. The resume trains epoch 2
+    again and ends with the straight run's records."""
+    straight, _, _ = runs
+    out = _stopped_copy(runs, tmp_path)
+    for name in RUNS:
+        with (out / name / "metrics.jsonl").open("a") as f:
+            f.write('{"epoch": 2, "train_loss": {"loss": 0.')
+    assert main([*BASE, "--resume", "--out", str(out)]) == 0
+    for name in RUNS:
+        got, want = _metrics(out / name), _metrics(straight / name)
+        assert [m["train_loss"] for m in got] == [m["train_loss"] for m in want]
+
+
+def test_damaged_metrics_line_is_named(runs, tmp_path):
+    out = _stopped_copy(runs, tmp_path)
+    path = out / "DT-prototype" / "metrics.jsonl"
+    path.write_text("not json\n" + path.read_text())
+    msg = _resume_error(out)
+    assert f"{path}, line 1, is damaged" in msg
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(runs, tmp_path, monkeypatch):
+    import noprop_eqx._run as run_module
+
+    out = _stopped_copy(runs, tmp_path)
+    before = (out / "DT-prototype" / "checkpoint.eqx").read_bytes()
+    real = run_module.train_epoch
+
+    def diverging(*args, **kwargs):
+        model, opt_state, stats = real(*args, **kwargs)
+        stats["loss_terms"]["loss"] = float("nan")
+        return model, opt_state, stats
+
+    monkeypatch.setattr(run_module, "train_epoch", diverging)
+    msg = _resume_error(out)
+    assert "epoch 2: the training loss is nan" in msg
+    assert "The checkpoint of epoch 1 is kept" in msg
+    assert (out / "DT-prototype" / "checkpoint.eqx").read_bytes() == before
+    assert [m["epoch"] for m in _metrics(out / "DT-prototype")] == [1]
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(runs, tmp_path, monkeypatch, capfd):
+    import noprop_eqx._run as run_module
+
+    out = _stopped_copy(runs, tmp_path)
+    before = (out / "DT-prototype" / "checkpoint.eqx").read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "train_epoch", interrupted)
+    assert main([*BASE, "--resume", "--out", str(out)]) == 130
+    err = capfd.readouterr().err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    assert (out / "DT-prototype" / "checkpoint.eqx").read_bytes() == before

@@ -71,4 +71,4 @@ def test_train_cifar10_limit_train_is_stratified(tmp_path, capfd):
     # error, not a silently one-class test set.
     with pytest.raises(SystemExit):
         main(_example().translate([*argv, "--limit-test", "1", "--resume"]))
-    assert "expected limit_test of at least" in capfd.readouterr().err
+    assert "expected --limit-test of at least" in capfd.readouterr().err

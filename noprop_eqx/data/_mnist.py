@@ -3,12 +3,13 @@
 import gzip
 import hashlib
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ._dataset import ImageDataset
-from ._errors import DatasetNotFoundError
+from ._errors import DataIntegrityError, DatasetNotFoundError
 
 _IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
 _LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
@@ -48,16 +49,26 @@ def _parse_idx(data: bytes, *, magic: int, source: str) -> np.ndarray:
 
 def _read_idx(path: Path, *, magic: int, md5: str | None) -> np.ndarray:
     """Read a raw or gzipped IDX file, checking the md5 of its uncompressed bytes if given."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        data = f.read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DataIntegrityError(
+            f"{path}: cannot read the file ({type(e).__name__}: {e}); it is truncated or not a "
+            "gzip/IDX file: download it again"
+        ) from None
     if md5 is not None:
         got = hashlib.md5(data).hexdigest()
         if got != md5:
-            raise ValueError(
+            raise DataIntegrityError(
                 f"{path}: md5 of the uncompressed bytes does not match the official MNIST file, "
-                f"expected {md5}, got {got} (pass verify=False to skip this check)"
+                f"expected {md5}, got {got}; download it again, or skip this check for a copy "
+                "you trust (verify=False; `noprop-eqx train --no-verify-md5`)"
             )
-    return _parse_idx(data, magic=magic, source=str(path))
+    try:
+        return _parse_idx(data, magic=magic, source=str(path))
+    except ValueError as e:
+        raise DataIntegrityError(str(e)) from None
 
 
 def _find_files(directory: Path) -> tuple[dict[str, Path] | None, list[str]]:

@@ -1,0 +1,282 @@
+"""`RunConfig`: every option of a training run, its default (the paper's Table 3 setting) and its
+validation, in one frozen dataclass. The `noprop-eqx train` command line only parses its
+arguments into a `RunConfig`; `noprop_eqx.train(config)` runs it from Python."""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._embeddings import PROTOTYPE_SCALES
+from ._loop import EMBEDDINGS, SOLVERS, VARIANTS
+from ._train import weight_decay_mode
+from .models._factory import BACKBONES, backbone_name
+
+DATASETS = ("digits", "mnist", "cifar10", "cifar100")
+LR_SCHEDULES = ("constant", "cosine")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+CIFAR100_LABELS = ("fine", "coarse")
+
+
+class ConfigError(ValueError):
+    """An option of a `RunConfig` that cannot work: the message says what was expected and
+    what was got."""
+
+
+def _expect(ok: bool, what: str, got: object) -> None:
+    if not ok:
+        raise ConfigError(f"expected {what}, got {got!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive(value: object) -> bool:
+    return _is_int(value) and value >= 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A `noprop-eqx train` run. The defaults are the paper's setting (Table 3) on MNIST.
+
+    Each field is the command-line option of the same name with `-` for `_`
+    (`batch_size` is `--batch-size`); the options' help (`noprop-eqx train --help`) says what
+    each does. Invalid values raise `ConfigError` when the configuration is made, before any
+    data is read or model built.
+    """
+
+    variants: tuple[str, ...] | list[str] = ("DT",)
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    epochs: int = 100
+    stop_after: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    weight_decay: float = 1e-3
+    embedding: str = "one-hot"
+    prototype_scale: str | None = None
+    fixed_embedding: bool = False
+    embed_dim: int | None = None
+    model: str = "paper"
+    width: int = 64
+    num_blocks: int = 10
+    compute_dtype: str = "float32"
+    steps_per_call: int | str = "auto"
+    augment_shift: int = 0
+    seed: int = 0
+    cifar100_labels: str = "fine"
+    verify_md5: bool = True
+    limit_train: int | None = None
+    limit_test: int | None = None
+    subset_seed: int = 0
+    eval_solver: str = "heun"
+    eval_steps: int = 20
+    inference_runs: int = 5
+    out: str = "runs"
+    results: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        variants = self.variants
+        _expect(
+            isinstance(variants, list | tuple) and len(variants) > 0,
+            f"variants to be a non-empty list of {VARIANTS}",
+            variants,
+        )
+        upper = tuple(dict.fromkeys(str(v).upper() for v in variants))  # unique, in order
+        for v in upper:
+            _expect(v in VARIANTS, f"variants among {VARIANTS}", v)
+        object.__setattr__(self, "variants", upper)
+        object.__setattr__(self, "out", str(self.out))
+        if self.results is not None:
+            object.__setattr__(self, "results", str(self.results))
+        self._check_choices()
+        self._check_numbers()
+        self._check_combinations()
+
+    def _check_choices(self) -> None:
+        for name, choices in (
+            ("dataset", DATASETS),
+            ("lr_schedule", LR_SCHEDULES),
+            ("embedding", EMBEDDINGS),
+            ("model", BACKBONES),
+            ("compute_dtype", COMPUTE_DTYPES),
+            ("cifar100_labels", CIFAR100_LABELS),
+            ("eval_solver", tuple(sorted(SOLVERS))),
+        ):
+            _expect(
+                getattr(self, name) in choices,
+                f"{name} to be one of {choices}",
+                getattr(self, name),
+            )
+        if self.prototype_scale is not None:
+            _expect(
+                self.prototype_scale in PROTOTYPE_SCALES,
+                f"prototype_scale to be one of {PROTOTYPE_SCALES} or None",
+                self.prototype_scale,
+            )
+
+    def _check_numbers(self) -> None:
+        for name in ("epochs", "batch_size", "width", "num_blocks", "eval_steps"):
+            _expect(
+                _positive(getattr(self, name)),
+                f"{name} to be a positive integer",
+                getattr(self, name),
+            )
+        for name in ("stop_after", "embed_dim", "limit_train", "limit_test"):
+            value = getattr(self, name)
+            _expect(
+                value is None or _positive(value), f"{name} to be a positive integer or None", value
+            )
+        for name in ("seed", "subset_seed"):
+            _expect(_is_int(getattr(self, name)), f"{name} to be an integer", getattr(self, name))
+        _expect(
+            _is_int(self.augment_shift) and self.augment_shift >= 0,
+            "augment_shift to be a non-negative integer",
+            self.augment_shift,
+        )
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            _expect(
+                ok and math.isfinite(value) and value >= 0,
+                f"{name} to be a finite number >= 0",
+                value,
+            )
+        _expect(
+            self.steps_per_call == "auto" or _positive(self.steps_per_call),
+            "steps_per_call to be a positive integer or 'auto'",
+            self.steps_per_call,
+        )
+        _expect(
+            _is_int(self.inference_runs) and (self.inference_runs == 0 or self.inference_runs >= 2),
+            "inference_runs to be 0 (skip) or >= 2 (for a standard error)",
+            self.inference_runs,
+        )
+
+    def _check_combinations(self) -> None:
+        if self.embedding != "prototype":
+            for name, given in (
+                ("prototype_scale", self.prototype_scale is not None),
+                ("fixed_embedding", self.fixed_embedding),
+            ):
+                if given:
+                    raise ConfigError(
+                        f"{name} applies to embedding 'prototype' only, got embedding "
+                        f"{self.embedding!r}"
+                    )
+        if self.cifar100_labels != "fine" and self.dataset != "cifar100":
+            raise ConfigError(
+                f"cifar100_labels applies to dataset 'cifar100' only, got {self.dataset!r}"
+            )
+        try:
+            backbone_name(self.model, self.width)
+        except ValueError as e:
+            raise ConfigError(f"width: {e}") from None
+        if self.stop_after is not None and self.stop_after > self.epochs:
+            raise ConfigError(
+                f"expected stop_after <= epochs ({self.epochs}), got {self.stop_after}"
+            )
+
+    def replace(self, **changes) -> "RunConfig":
+        """A copy with some fields changed (and validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def backbone(self) -> str:
+        """The backbone's name with its width (`"resnet18-w32"`), as run records hold it."""
+        return backbone_name(self.model, self.width)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def resolved_prototype_scale(self) -> str | None:
+        """None unless the embedding is "prototype", whose default scale is raw."""
+        return None if self.embedding != "prototype" else self.prototype_scale or "raw"
+
+    def run_dir(self, variant: str) -> Path:
+        """`out/<variant>` (one-hot) or `out/<variant>-<embedding>`."""
+        name = variant if self.embedding == "one-hot" else f"{variant}-{self.embedding}"
+        return self.out_dir / name
+
+    def trajectory(self, variant: str) -> dict:
+        """The settings that shape `variant`'s training trajectory and are known before the
+        data is read: what `config.json` records and `--resume` requires to be unchanged."""
+        limited = self.limit_train is not None or self.limit_test is not None
+        return dict(
+            variant=variant,
+            dataset=self.dataset,
+            model=self.backbone,
+            embedding=self.embedding,
+            prototype_scale=self.resolved_prototype_scale,
+            fixed_embedding=self.fixed_embedding,
+            augment_shift=self.augment_shift,
+            num_blocks=self.num_blocks,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            lr_schedule=self.lr_schedule,
+            weight_decay=self.weight_decay,
+            compute_dtype=self.compute_dtype,
+            steps_per_call=self.steps_per_call,
+            seed=self.seed,
+            limit_train=self.limit_train,
+            limit_test=self.limit_test,
+            subset_seed=self.subset_seed if limited else None,
+            cifar100_labels=self.cifar100_labels if self.dataset == "cifar100" else None,
+            weight_decay_mode=weight_decay_mode(variant, self.weight_decay),
+        )
+
+
+# Trajectory settings a resumed run must match; "epochs" only with a cosine schedule (whose
+# length it sets): a constant-rate run may be extended with more epochs.
+PINNED = (
+    "variant",
+    "dataset",
+    "model",
+    "embedding",
+    "embed_dim",
+    "prototype_scale",
+    "fixed_embedding",
+    "augment_shift",
+    "num_blocks",
+    "batch_size",
+    "lr",
+    "lr_schedule",
+    "weight_decay",
+    "compute_dtype",
+    "steps_per_call",
+    "seed",
+    "limit_train",
+    "subset_seed",
+    "cifar100_labels",
+    "weight_decay_mode",
+    "lr_decay_steps",
+)
+
+
+def saved_defaults(saved: dict) -> dict:
+    """A saved `config.json` with the values of options added since it was written, as the run
+    that wrote it used them."""
+    saved = dict(saved)
+    saved.setdefault("compute_dtype", "float32")
+    saved.setdefault("prototype_scale", "raw" if saved.get("embedding") == "prototype" else None)
+    saved.setdefault("fixed_embedding", False)
+    saved.setdefault("augment_shift", 0)
+    saved.setdefault("steps_per_call", "auto")
+    saved.setdefault("subset_seed", None)  # first-N subsets
+    saved.setdefault("cifar100_labels", "fine" if saved.get("dataset") == "cifar100" else None)
+    saved.setdefault("weight_decay_mode", weight_decay_mode(saved.get("variant", "DT"), None))
+    return saved
+
+
+def settings_differ(saved: dict, now: dict, keys=PINNED) -> dict:
+    """{key: (saved, now)} for the pinned settings that differ (keys absent from `now` are not
+    compared: they are checked once the data is read)."""
+    saved = saved_defaults(saved)
+    return {k: (saved.get(k), now[k]) for k in keys if k in now and saved.get(k) != now[k]}
