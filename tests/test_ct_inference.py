@@ -1,0 +1,309 @@
+"""NoProp-CT inference and schedule derivatives against closed forms written out here.
+
+The probability-flow ODE (NOPROP.md, `NoPropCT.vector_field`), with s(t) = √ᾱ_t and
+n(t) = √(1 - ᾱ_t):
+
+    ε̂ = (z - s û) / n,   dz/dt = s' û + n' ε̂.
+
+If û is exactly u (the clean embedding of the true class, for every z and t), the solution is
+
+    z(t) = s(t) u + n(t) ε_0,   ε_0 = (z(0) - s(0) u) / n(0)   (a constant vector).
+
+Derivation: put ε(t) = (z(t) - s(t) u) / n(t), so z = s u + n ε and dz/dt = s' u + n' ε + n ε'.
+The ODE says dz/dt = s' u + n' ε, hence n ε' = 0, and since n > 0 (ᾱ < 1 on [0, 1]) ε is
+constant: ε(t) = ε(0) = ε_0. So z(1) = √ᾱ_1 u + √(1 - ᾱ_1) ε_0; from z(0) = 0 that is
+(√ᾱ_1 - √(1 - ᾱ_1) √ᾱ_0 / √(1 - ᾱ_0)) u. (The error e = z - s u - n ε_0 of a numerical solution
+obeys de/dt = (n'/n) e with n' < 0: errors decay, so the solvers' local errors do not pile up.)
+"""
+
+import math
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+import noprop_eqx as npx
+from noprop_eqx.models import AbstractBackbone
+from noprop_eqx.noise_schedules import (
+    CosineNoiseSchedule,
+    LearnedNoiseSchedule,
+    LinearNoiseSchedule,
+    SigmoidNoiseSchedule,
+)
+
+SHAPE, M, D, B = (1, 4, 4), 4, 5, 4
+LABELS = np.array([2, 0, 3, 1])
+
+
+class _Oracle(AbstractBackbone):
+    """Logits 1e4 · onehot(y), with the true class y written in pixel (0, 0, 0) of the image:
+    softmax(logits) is exactly onehot(y) in float32 (e^-1e4 = 0), so û = u_y for all z, t."""
+
+    num_classes: int = eqx.field(static=True)
+    embed_dim: int = eqx.field(static=True)
+    image_shape: tuple[int, int, int] = eqx.field(static=True)
+    time_conditioned: bool = eqx.field(static=True)
+
+    def __init__(self, key=None):
+        self.num_classes, self.embed_dim, self.image_shape = M, D, SHAPE
+        self.time_conditioned = True
+
+    def __call__(self, z, x, t=None, *, key=None):
+        label = jnp.round(x[0, 0, 0]).astype(jnp.int32)
+        return 1e4 * (jnp.arange(M) == label).astype(z.dtype)
+
+
+def _images():
+    x = np.random.default_rng(0).normal(size=(B, *SHAPE)).astype(np.float32)
+    x[:, 0, 0, 0] = LABELS
+    return jnp.asarray(x)
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+def _cosine_alpha_bar(t, s=0.008, lo=1e-4, hi=0.9999):
+    value = (
+        math.cos(0.5 * math.pi * (1 - t + s) / (1 + s)) ** 2
+        / math.cos(0.5 * math.pi * s / (1 + s)) ** 2
+    )
+    return min(max(value, lo), hi)
+
+
+def _endpoints(schedule):
+    """(ᾱ_0, ᾱ_1) from each schedule's formula, written out."""
+    if isinstance(schedule, SigmoidNoiseSchedule):  # ᾱ = σ(γ(2t - 1))
+        return _sigmoid(-schedule.gamma), _sigmoid(schedule.gamma)
+    if isinstance(schedule, CosineNoiseSchedule):
+        return _cosine_alpha_bar(0.0), _cosine_alpha_bar(1.0)
+    # Learned: γ(0) = γ1 = γ0 + exp(log_gap), γ(1) = γ0 (γ̄ runs from 0 to 1); ᾱ = σ(-γ).
+    g0 = float(schedule.gamma_0)
+    g1 = g0 + math.exp(float(schedule.log_gamma_gap))
+    return _sigmoid(-g1), _sigmoid(-g0)
+
+
+def _closed_form_z1(schedule, u, z0):
+    ab0, ab1 = _endpoints(schedule)
+    eps0 = (z0 - math.sqrt(ab0) * u) / math.sqrt(1 - ab0)
+    return math.sqrt(ab1) * u + math.sqrt(1 - ab1) * eps0
+
+
+SCHEDULES = {
+    "sigmoid": lambda: SigmoidNoiseSchedule(gamma=6.0),
+    "cosine": lambda: CosineNoiseSchedule(),
+    "learned": lambda: LearnedNoiseSchedule(key=jr.key(3)),
+}
+
+
+@pytest.fixture(scope="module", params=list(SCHEDULES))
+def oracle_ct(request):
+    model = npx.NoPropCT(
+        M,
+        SHAPE,
+        backbone=_Oracle,
+        embedding="learned",
+        embed_dim=D,
+        schedule=SCHEDULES[request.param](),
+        key=jr.key(0),
+    )
+    return request.param, model
+
+
+def test_ode_solution_matches_the_closed_form(oracle_ct):
+    _, model = oracle_ct
+    x = _images()
+    u = np.asarray(model.embedding.matrix(), dtype=np.float64)[LABELS]
+    z0 = np.random.default_rng(1).normal(size=(B, D))
+    # Adaptive Tsit5 at rtol = atol = 1e-7: errors decay along the flow (module docstring), so
+    # z(1) is good to about the controller's tolerance plus float32 rounding. Measured: <= 2e-7
+    # for the sigmoid and learned schedules, 7e-6 for the cosine one (its clips at ᾱ = 1e-4 and
+    # 0.9999 are kinks in the field, which the step controller crosses less accurately).
+    # 5e-5 is well above those and far below any mistake in the field (s'û and n'ε̂ are O(1)).
+    adaptive = dict(solver=diffrax.Tsit5(), stepsize_controller=diffrax.PIDController(1e-7, 1e-7))
+    # One solve of a doubled batch: rows 0..B-1 start from z0 = 0, rows B..2B-1 from random z0.
+    z0_both = jnp.asarray(np.concatenate([np.zeros((B, D)), z0]), jnp.float32)
+    z1 = npx.integrate(model.vector_field, z0_both, jnp.concatenate([x, x]), **adaptive).z1
+    z1 = np.asarray(z1, np.float64)
+    np.testing.assert_allclose(z1[:B], _closed_form_z1(model.schedule, u, 0.0), atol=5e-5)
+    np.testing.assert_allclose(z1[B:], _closed_form_z1(model.schedule, u, z0), atol=5e-5)
+    # `solve` with its defaults (z0 = 0; Heun, second order, 20 steps). Measured errors:
+    # 1.0e-3, 3.3e-3, 1.0e-3 (sigmoid, cosine, learned); 5e-5, 2.3e-4, 5e-5 with 80 steps.
+    z1 = np.asarray(model.solve(x).z1, np.float64)
+    np.testing.assert_allclose(z1, _closed_form_z1(model.schedule, u, 0.0), atol=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# sqrt_alpha_bar_and_derivative: (√ᾱ, d√ᾱ/dt, √(1 - ᾱ), d√(1 - ᾱ)/dt).
+
+
+def _learned_alpha_bar_fn(schedule):
+    """ᾱ(t) of a LearnedNoiseSchedule written out in float64 numpy from its parameters."""
+    p = {k: np.asarray(getattr(schedule, k), np.float64) for k in ("w1", "b1", "w2", "b2", "w3")}
+    g0 = float(schedule.gamma_0)
+    g1 = g0 + math.exp(float(schedule.log_gamma_gap))
+    softplus = lambda v: np.log1p(np.exp(v))  # noqa: E731
+
+    def gamma_tilde(t):
+        h = softplus(p["w1"]) * t + p["b1"]
+        hidden = 1.0 / (1.0 + np.exp(-(softplus(p["w2"]) * h + p["b2"])))
+        return h + softplus(p["w3"]) @ hidden
+
+    def alpha_bar(t):
+        gamma_bar = (gamma_tilde(t) - gamma_tilde(0.0)) / (gamma_tilde(1.0) - gamma_tilde(0.0))
+        return _sigmoid(-(g0 + (g1 - g0) * (1.0 - gamma_bar)))
+
+    return alpha_bar
+
+
+def _four(alpha_bar, t, h=1e-5):
+    """The four values from ᾱ by central differences in float64."""
+    ab = alpha_bar(t)
+    d_signal = (math.sqrt(alpha_bar(t + h)) - math.sqrt(alpha_bar(t - h))) / (2 * h)
+    d_noise = (math.sqrt(1 - alpha_bar(t + h)) - math.sqrt(1 - alpha_bar(t - h))) / (2 * h)
+    return np.array([math.sqrt(ab), d_signal, math.sqrt(1 - ab), d_noise])
+
+
+@eqx.filter_jit
+def _library_all(schedule, ts):
+    return jnp.stack(jax.vmap(schedule.sqrt_alpha_bar_and_derivative)(ts), axis=-1)
+
+
+def _library(schedule, ts):
+    """sqrt_alpha_bar_and_derivative at each t of `ts`: rows (√ᾱ, d√ᾱ/dt, √(1-ᾱ), d√(1-ᾱ)/dt)."""
+    return np.asarray(_library_all(schedule, jnp.asarray(ts, jnp.float32)), np.float64)
+
+
+TIMES = (0.05, 0.3, 0.5, 0.77, 0.95)
+
+
+def test_sqrt_alpha_bar_and_derivative_closed_forms():
+    # Sigmoid: ᾱ = σ(γ(2t - 1)), dᾱ/dt = 2γ ᾱ(1 - ᾱ), so d√ᾱ/dt = γ √ᾱ (1 - ᾱ) and
+    # d√(1 - ᾱ)/dt = -γ ᾱ √(1 - ᾱ).
+    gamma = 3.0
+    closed = []
+    for t in TIMES:
+        ab = _sigmoid(gamma * (2 * t - 1))
+        closed.append(
+            [
+                math.sqrt(ab),
+                gamma * math.sqrt(ab) * (1 - ab),
+                math.sqrt(1 - ab),
+                -gamma * ab * math.sqrt(1 - ab),
+            ]
+        )
+        fd = _four(lambda v: _sigmoid(gamma * (2 * v - 1)), t)
+        np.testing.assert_allclose(fd, closed[-1], rtol=1e-7)  # the closed form itself
+    sigmoid = SigmoidNoiseSchedule(gamma=gamma)
+    np.testing.assert_allclose(_library(sigmoid, TIMES), closed, rtol=1e-4)
+
+    # Cosine, inside the clip: √ᾱ = cos θ / cos θ_s with θ = (π/2)(1 - t + s)/(1 + s), so
+    # d√ᾱ/dt = (π/2)/(1 + s) · sin θ / cos θ_s and d√(1 - ᾱ)/dt = -(√ᾱ/√(1 - ᾱ)) d√ᾱ/dt.
+    # At t = 0.001 the clip holds ᾱ at 1e-4 (the unclipped value is ~2.4e-6): ᾱ is flat there.
+    s = 0.008
+    closed = []
+    for t in TIMES:
+        theta = 0.5 * math.pi * (1 - t + s) / (1 + s)
+        norm = math.cos(0.5 * math.pi * s / (1 + s))
+        signal, d_signal = math.cos(theta) / norm, 0.5 * math.pi / (1 + s) * math.sin(theta) / norm
+        noise = math.sqrt(1 - signal**2)
+        closed.append([signal, d_signal, noise, -signal / noise * d_signal])
+        np.testing.assert_allclose(_four(_cosine_alpha_bar, t), closed[-1], rtol=1e-6)
+    closed.append([1e-2, 0.0, math.sqrt(1 - 1e-4), 0.0])
+    got = _library(CosineNoiseSchedule(), (*TIMES, 0.001))
+    np.testing.assert_allclose(got, closed, rtol=1e-4, atol=1e-12)
+
+    # Linear: ᾱ = a + (b - a) t, d√ᾱ/dt = (b - a)/(2√ᾱ), d√(1 - ᾱ)/dt = -(b - a)/(2√(1 - ᾱ)).
+    closed = []
+    for t in TIMES:
+        ab = 0.01 + 0.98 * t
+        closed.append(
+            [math.sqrt(ab), 0.49 / math.sqrt(ab), math.sqrt(1 - ab), -0.49 / math.sqrt(1 - ab)]
+        )
+    linear = LinearNoiseSchedule(alpha_bar_min=0.01, alpha_bar_max=0.99)
+    np.testing.assert_allclose(_library(linear, TIMES), closed, rtol=1e-4)
+
+
+def test_sqrt_alpha_bar_and_derivative_learned_matches_finite_differences():
+    """Against central differences (h = 1e-5, float64) of the learned ᾱ written out in numpy;
+    float32 autodiff through the normalised network is good to ~1e-5 relative."""
+    for seed in (0, 1):
+        schedule = LearnedNoiseSchedule(key=jr.key(seed))
+        alpha_bar = _learned_alpha_bar_fn(schedule)
+        expected = [_four(alpha_bar, t) for t in TIMES]
+        np.testing.assert_allclose(_library(schedule, TIMES), expected, rtol=2e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The learned schedule trains through NoPropCT.loss_fn and stays monotone.
+
+
+class _TinyTimeNet(AbstractBackbone):
+    """logits = W [z; x; t] + b: a small time-conditioned network (fast to compile)."""
+
+    linear: eqx.nn.Linear
+    num_classes: int = eqx.field(static=True)
+    embed_dim: int = eqx.field(static=True)
+    image_shape: tuple[int, int, int] = eqx.field(static=True)
+    time_conditioned: bool = eqx.field(static=True)
+
+    def __init__(self, key):
+        self.linear = eqx.nn.Linear(M + math.prod(SHAPE) + 1, M, key=key)
+        self.num_classes, self.embed_dim, self.image_shape = M, M, SHAPE
+        self.time_conditioned = True
+
+    def __call__(self, z, x, t=None, *, key=None):
+        return self.linear(jnp.concatenate([z, x.reshape(-1), jnp.reshape(t, (1,))]))
+
+
+GRID = np.linspace(0.0, 1.0, 257)
+
+
+@eqx.filter_jit
+def _gammas(schedule, ts):
+    return jax.vmap(schedule.gamma)(ts)
+
+
+def _check_monotone(schedule):
+    gammas = np.asarray(_gammas(schedule, jnp.asarray(GRID, jnp.float32)), np.float64)
+    alpha_bar = 1.0 / (1.0 + np.exp(gammas))  # ᾱ = σ(-γ)
+    assert np.all(np.diff(gammas) <= 1e-5), np.diff(gammas).max()
+    assert np.all(np.diff(alpha_bar) >= -1e-7)
+    g0 = float(schedule.gamma_0)
+    g1 = g0 + math.exp(float(schedule.log_gamma_gap))
+    assert gammas[0] == pytest.approx(g1, abs=1e-4) and gammas[-1] == pytest.approx(g0, abs=1e-4)
+
+
+def test_learned_schedule_gets_a_gradient_and_stays_monotone():
+    """Every parameter of the learned schedule gets a non-zero gradient from one
+    NoPropCT.loss_fn evaluation, and after a few paper-optimiser steps (lr 0.05, so that the
+    schedule moves a lot) γ is still decreasing (ᾱ increasing) from γ1 at t = 0 to γ0 at t = 1."""
+    model = npx.NoPropCT(M, SHAPE, backbone=_TinyTimeNet, key=jr.key(0))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(32, *SHAPE)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, M, size=32), jnp.int32)
+    optimizer = npx.paper_optimizer(model, learning_rate=0.05)
+
+    @eqx.filter_jit
+    def step(model, opt_state, key):
+        # make_step's update, also returning the gradient
+        grads = eqx.filter_grad(lambda m: npx.NoPropCT.loss_fn(m, (x, y), key)[0])(model)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return eqx.apply_updates(model, updates), opt_state, grads
+
+    _check_monotone(model.schedule)
+    before = jax.tree.map(np.array, eqx.filter(model.schedule, eqx.is_inexact_array))
+    opt_state = npx.init_optimizer_state(model, optimizer)
+    for i in range(5):
+        model, opt_state, grads = step(model, opt_state, jr.key(10 + i))
+        for name in ("gamma_0", "log_gamma_gap", "w1", "b1", "w2", "b2", "w3"):
+            assert np.abs(np.asarray(getattr(grads.schedule, name))).max() > 1e-6, (i, name)
+    after = eqx.filter(model.schedule, eqx.is_inexact_array)
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), after, before)
+    assert min(jax.tree.leaves(moved)) > 1e-3, moved
+    _check_monotone(model.schedule)
