@@ -188,7 +188,7 @@ def paper_optimizer(
     model: eqx.Module,
     *,
     learning_rate: float | optax.Schedule = 1e-3,
-    weight_decay: float = 1e-3,
+    weight_decay: float | int = 1e-3,
 ) -> optax.GradientTransformation:
     """The paper's Table 3 optimiser: learning rate 1e-3 (a number or an optax schedule) and
     weight decay 1e-3 for every method.
@@ -214,11 +214,13 @@ def paper_optimizer(
     )
 
 
-def weight_decay_mode(variant: str, weight_decay: float | None) -> str:
+def weight_decay_mode(variant: str, weight_decay: float | int | None) -> str:
     """How `paper_optimizer` applies weight decay to a variant ("DT", "CT", "FM", "BP"):
     "decoupled" (AdamW: DT, BP), "l2" (an L2 gradient term before Adam: CT, FM with a
     non-zero decay) or "none" (plain Adam: CT, FM with no decay; `None` marks a run saved
     before CT/FM had weight decay, which trained with plain Adam)."""
+    if variant not in ("DT", "CT", "FM", "BP"):
+        raise ValueError(f"expected variant to be one of DT, CT, FM, BP, got {variant!r}")
     if variant in ("DT", "BP"):
         return "decoupled"
     return "l2" if weight_decay else "none"
