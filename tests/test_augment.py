@@ -67,9 +67,7 @@ def test_random_shift_zero_is_identity_and_bad_input_is_a_clear_error():
     with as_a_user():  # the library's messages, not the suite's type checker's
         with pytest.raises(TypeError, match="expected max_shift a non-negative int, got float"):
             data_lib.random_shift(x, max_shift=1.5, fill=[0.0], key=jr.key(0))
-        with pytest.raises(
-            ValueError, match=r"shape \(batch, c, h, w\), got \(1, 4, 4\)"
-        ):
+        with pytest.raises(ValueError, match=r"shape \(batch, c, h, w\), got \(1, 4, 4\)"):
             data_lib.random_shift(x[0], max_shift=1, fill=[0.0], key=jr.key(0))
 
 
