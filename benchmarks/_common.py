@@ -39,7 +39,7 @@ def set_cpu_threads(threads: int | None) -> None:
     os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, results_dir: Path = RESULTS_DIR) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--quick", action="store_true", help="tiny shapes and repeats (seconds; for tests)"
@@ -47,7 +47,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per row")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing")
     parser.add_argument(
-        "--out-dir", type=Path, default=RESULTS_DIR, help="where the JSON and markdown go"
+        "--out-dir", type=Path, default=results_dir, help="where the JSON and markdown go"
     )
     parser.add_argument("--tag", default=None, help="suffix for the output file names")
     parser.add_argument("--seed", type=int, default=0)

@@ -44,7 +44,7 @@ NETWORKS = {
     "tiny": ("simple", (1, 12, 12), 10),  # --quick only
 }
 VARIANTS = ("DT", "DT-auto", "DT-blockwise", "DT-low", "CT", "FM", "backprop")
-# DT with a fixed strategy (benchmarks/dt_strategies.py compares them).
+# DT with a fixed strategy (benchmarks/studies/dt_strategies.py compares them).
 DT_STRATEGY_VARIANTS = ("DT-loop", "DT-vmap", "DT-scan")
 
 # --compiler-options: the library's per-backend choice, or XLA's defaults.

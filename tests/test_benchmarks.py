@@ -24,7 +24,8 @@ TOOLS = {
     "inference.py": ["--variants", "DT", "FM"],
     "torch_reference.py": [],
 }
-# One-off studies: their tests are marked slow (`pytest -m slow`).
+# The one-off studies (benchmarks/studies/) and the epoch-time tool: their tests are marked
+# slow (`pytest -m slow`).
 STUDIES = {
     # One child process (the non-default flags) keeps the test short.
     "dt_strategies.py": ["--variants", "DT-loop", "--flag-sets", "ynn-off"],
@@ -34,13 +35,14 @@ STUDIES = {
 }
 
 
-def _start(scripts: dict, tmp_path_factory):
+def _start(scripts: dict, tmp_path_factory, folder=BENCHMARKS):
     """Starts every script at once (each mostly compiles, single-threaded, so on 2 cores the
     processes finish in about half the time they take one after the other)."""
     processes = {}
     for name, args in scripts.items():
         out_dir = tmp_path_factory.mktemp(name.removesuffix(".py"))
-        command = [sys.executable, str(BENCHMARKS / name), "--quick", "--out-dir", str(out_dir)]
+        script = folder / name if (folder / name).is_file() else BENCHMARKS / name
+        command = [sys.executable, str(script), "--quick", "--out-dir", str(out_dir)]
         process = subprocess.Popen(
             [*command, *args],
             stdout=subprocess.PIPE,
@@ -68,7 +70,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def study_runs(tmp_path_factory):
-    processes = _start(STUDIES, tmp_path_factory)
+    processes = _start(STUDIES, tmp_path_factory, BENCHMARKS / "studies")
     yield processes
     _stop(processes)
 
@@ -214,10 +216,11 @@ def test_conv_kernels(study_runs):
 
 def test_conv_kernels_compute_the_gradients_they_name():
     """The benchmarked input- and weight-gradient kernels against explicit sums."""
-    sys.path.insert(0, str(BENCHMARKS))
+    sys.path[:0] = [str(BENCHMARKS / "studies"), str(BENCHMARKS)]
     try:
         import conv_kernels
     finally:
+        sys.path.remove(str(BENCHMARKS / "studies"))
         sys.path.remove(str(BENCHMARKS))
     import jax.random as jr
 
@@ -260,10 +263,11 @@ def test_pool_order(study_runs):
 
 def test_pool_order_reference_is_the_textbook_order(getkey):
     """The benchmark's "relu-first" stack is conv + bias → ReLU → pool, as written out here."""
-    sys.path.insert(0, str(BENCHMARKS))
+    sys.path[:0] = [str(BENCHMARKS / "studies"), str(BENCHMARKS)]
     try:
         import pool_order
     finally:
+        sys.path.remove(str(BENCHMARKS / "studies"))
         sys.path.remove(str(BENCHMARKS))
     import jax
     import jax.random as jr

@@ -144,10 +144,13 @@ def test_results_schema(digits_run):
 
 
 def _load_script(name):
-    """A script of benchmarks/ as a module (with benchmarks/ importable while it loads, for
-    the scripts that share `_common`)."""
+    """A script of benchmarks/ (or of its studies/) as a module (with benchmarks/ importable
+    while it loads, for the scripts that share `_common`)."""
     benchmarks = str(REPO / "benchmarks")
-    spec = importlib.util.spec_from_file_location(name, f"{benchmarks}/{name}.py")
+    path = REPO / "benchmarks" / f"{name}.py"
+    if not path.is_file():
+        path = REPO / "benchmarks" / "studies" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, benchmarks)
     try:

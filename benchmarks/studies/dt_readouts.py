@@ -17,18 +17,22 @@ For embeddings that train (learned, prototype), it also compares the trained W_e
 the run started from (rebuilt from the run's configuration): row norms, the smallest distance
 between two classes, and how far each row moved.
 
-    python benchmarks/dt_readouts.py --run-dir /work/runs/proto-seed1/DT-prototype \
-        --data-dir /work/shared/data/mnist
-    python benchmarks/dt_readouts.py --run-dir RUN --quick   # 2 chains, 200 test images
+    python benchmarks/studies/dt_readouts.py --run-dir runs/proto-seed1/DT-prototype \
+        --data-dir DATA/mnist
+    python benchmarks/studies/dt_readouts.py --run-dir RUN --quick   # 2 chains, 200 test images
 
 Question asked: is the read-out, rather than the blocks, what holds a DT model back? A PNG
 beside the JSON plots each block's accuracy along the chain, with both read-outs.
 """
 
-import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
+STUDY_RESULTS = Path(__file__).resolve().parent / "results"
+
+import argparse
+import json
 
 import equinox as eqx
 import jax
@@ -171,7 +175,7 @@ def plot_per_block(rows: list[dict], path: Path) -> Path:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = base_parser(__doc__.splitlines()[0])
+    p = base_parser(__doc__.splitlines()[0], STUDY_RESULTS)
     p.add_argument("--run-dir", type=Path, nargs="+", required=True, help="DT run folders")
     p.add_argument("--data-dir", default=None, help="as for `noprop-eqx train --data-dir`")
     p.add_argument(

@@ -14,9 +14,15 @@ Before timing, it checks that both orders give the same loss and gradients for t
 (relative tolerance 1e-4) and that a step changes the parameters; after warm-up it fails if a
 timed step recompiles.
 
-    python benchmarks/pool_order.py                       # DT-blockwise and backprop, batch 128
-    python benchmarks/pool_order.py --quick
+    python benchmarks/studies/pool_order.py    # DT-blockwise and backprop, batch 128
+    python benchmarks/studies/pool_order.py --quick
 """
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
+STUDY_RESULTS = Path(__file__).resolve().parent / "results"
 
 import contextlib
 import time
@@ -119,7 +125,7 @@ def check_same_function(variant, shape, classes, num_blocks, batch, key) -> floa
 
 
 def main(argv=None) -> dict:
-    parser = _common.base_parser(__doc__.splitlines()[0])
+    parser = _common.base_parser(__doc__.splitlines()[0], STUDY_RESULTS)
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128])
     parser.add_argument("--num-blocks", type=int, default=10)

@@ -13,17 +13,21 @@ apart, median and spread of the timed steps, FLOP/s against a same-process matmu
 names the fastest (strategy, flags) pair and compares it with the naive one ("vmap", default
 flags) and with backprop under the same flags.
 
-    python benchmarks/dt_strategies.py                         # SimpleCNN, batch 128
-    python benchmarks/dt_strategies.py --networks mnist --repeats 3
-    python benchmarks/dt_strategies.py --quick
+    python benchmarks/studies/dt_strategies.py                         # SimpleCNN, batch 128
+    python benchmarks/studies/dt_strategies.py --networks mnist --repeats 3
+    python benchmarks/studies/dt_strategies.py --quick
 """
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
+STUDY_RESULTS = Path(__file__).resolve().parent / "results"
 
 import json
 import os
 import subprocess
-import sys
 import tempfile
-from pathlib import Path
 
 import _common
 
@@ -58,7 +62,7 @@ def run_child(flag_name: str, args, out_dir: Path) -> dict:
     env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), FLAG_SETS[flag_name]]).strip()
     command = [
         sys.executable,
-        str(HERE / "train_throughput.py"),
+        str(HERE.parent / "train_throughput.py"),
         "--variants",
         *args.variants,
         "--networks",
@@ -91,7 +95,7 @@ def run_child(flag_name: str, args, out_dir: Path) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = _common.base_parser(__doc__.splitlines()[0])
+    parser = _common.base_parser(__doc__.splitlines()[0], STUDY_RESULTS)
     parser.add_argument("--networks", nargs="+", default=["simple"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128])
     parser.add_argument("--num-blocks", type=int, default=10)

@@ -9,19 +9,24 @@ adaptive solver the mean over test batches, since the whole batch is one ODE sta
 per test image (compiled separately, median of repeats). Correctness first: a fixed-step NFE must
 equal steps × evaluations per step, and the reference must reproduce `evaluate_accuracy`.
 
-    python benchmarks/solver_study.py --run-dir /work/runs/mnist \
-        --data-dir /work/shared/data/mnist --out benchmarks/results/solvers.json
-    python benchmarks/solver_study.py --run-dir RUN --quick   # tiny settings, for tests
+    python benchmarks/studies/solver_study.py --run-dir runs/mnist \
+        --data-dir DATA/mnist --out benchmarks/studies/results/solvers.json
+    python benchmarks/studies/solver_study.py --run-dir RUN --quick   # tiny settings, for tests
 
 Question asked: is there an adaptive or low-step setting within 0.1 accuracy points of 1000-step
 Euler at <= 50 NFE?
 """
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
+STUDY_RESULTS = Path(__file__).resolve().parent / "results"
+
 import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 import diffrax
 import equinox as eqx
@@ -33,7 +38,7 @@ import noprop_eqx as npx
 from noprop_eqx._machine import git_commit
 from noprop_eqx._records import portable_path, scrub_paths
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _commit() -> str | None:
@@ -195,7 +200,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-nfe", type=float, default=50)
     p.add_argument("--tolerance-points", type=float, default=0.1)
     p.add_argument("--quick", action="store_true", help="tiny settings (tests)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "solvers.json")
+    p.add_argument("--out", type=Path, default=STUDY_RESULTS / "solvers.json")
     p.add_argument("--plot", type=Path, default=None, help="default: --out with .png")
     args = p.parse_args(argv)
     if args.quick:
@@ -225,7 +230,7 @@ def main(argv=None) -> dict:
             diffrax=diffrax.__version__,
         ),
         commit=_commit(),
-        command=" ".join(["python", "benchmarks/solver_study.py", *(argv or sys.argv[1:])]),
+        command=" ".join(["python", "benchmarks/studies/solver_study.py", *(argv or sys.argv[1:])]),
         models={},
     )
     datasets: dict = {}

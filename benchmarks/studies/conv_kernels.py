@@ -11,10 +11,16 @@ The summary adds up one block's convolution work as a training step does it (for
 gradient of every layer, input gradient of every layer but the first, whose input is the image)
 and gives the FLOP/s ratio a step would reach if nothing but these kernels took time.
 
-    python benchmarks/conv_kernels.py
-    python benchmarks/conv_kernels.py --networks mnist cifar --batch-sizes 128 1024
-    python benchmarks/conv_kernels.py --quick
+    python benchmarks/studies/conv_kernels.py
+    python benchmarks/studies/conv_kernels.py --networks mnist cifar --batch-sizes 128 1024
+    python benchmarks/studies/conv_kernels.py --quick
 """
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for _common
+STUDY_RESULTS = Path(__file__).resolve().parent / "results"
 
 import _common
 import jax
@@ -126,7 +132,7 @@ def block_summary(rows: list[dict], matmul: float) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = _common.base_parser(__doc__.splitlines()[0])
+    parser = _common.base_parser(__doc__.splitlines()[0], STUDY_RESULTS)
     parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=["mnist"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128])
     parser.add_argument("--matmul-size", type=int, default=2048)
