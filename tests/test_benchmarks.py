@@ -20,7 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 # The tools a user runs: in the default suite.
 TOOLS = {
-    "train_throughput.py": ["--variants", "DT", "DT-auto", "DT-blockwise", "DT-low", "backprop"],
+    "train_throughput.py": ["--variants", "DT", "DT-low", "backprop"],
     "inference.py": ["--variants", "DT", "FM"],
     "torch_reference.py": [],
 }
@@ -105,7 +105,7 @@ def test_train_throughput(runs):
     _, tmp_path = finish(runs, "train_throughput.py")
     payload = load(tmp_path, "train_throughput")
     rows = {row["variant"]: row for row in payload["rows"]}
-    assert set(rows) == {"DT", "DT-auto", "DT-blockwise", "DT-low", "backprop"}
+    assert set(rows) == {"DT", "DT-low", "backprop"}
     for row in rows.values():
         check_timing(row["seconds"])
         assert row["images_per_s"] > 0 and row["compile_s"] > 0

@@ -78,25 +78,27 @@ def test_each_variant_learns_digits(cls):
     data = load_digits()
     model = cls(10, SHAPE, backbone="simple", key=jr.key(0))
     # CT learns more slowly: 25 epochs give 0.89-0.96 over seeds 0-2, 60 epochs 0.97-0.98.
-    model = _train(model, data, 60 if cls is npx.NoPropCT else 25, jr.key(1))
+    # DT learns fastest: 10 epochs gave 0.969-0.976 over model keys 0-2 (make_dt_step).
+    epochs = {npx.NoPropDT: 10, npx.NoPropCT: 60, npx.NoPropFM: 25}[cls]
+    model = _train(model, data, epochs, jr.key(1))
     accuracy = npx.evaluate_accuracy(model, data.x_test, data.y_test)
     assert accuracy >= 0.90, f"{cls.__name__}: {accuracy:.3f}"
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(), reason="no ../shared/data/mnist here")
 def test_dt_learns_real_mnist_subset():
-    """117 steps on 15,000 training images (a seeded stratified sample), scored on all 10,000
+    """47 steps on 6,000 training images (a seeded stratified sample), scored on all 10,000
     test images; chance is 10%. Threshold: with make_dt_step, three runs (model keys 0, 1, 2,
-    each with its own data order) gave 94.89, 95.04 and 95.34% (a spread of 0.45 points); 93%
-    sits 1.9 points under the lowest, over four times that spread, and far above what a model
-    that does not learn reaches."""
+    each with its own data order) gave 87.23, 88.18 and 90.51% (a spread of 3.3 points); 80%
+    sits 7.2 points under the lowest, over twice that spread, and far above what a model that
+    does not learn reaches. (`-m slow` runs the one-epoch, 60,000-image test.)"""
     from noprop_eqx.data import load_mnist
 
-    data = load_mnist(SHARED_DATA / "mnist").subset(15000, None)
+    data = load_mnist(SHARED_DATA / "mnist").subset(6000, None)
     model = npx.NoPropDT(10, (1, 28, 28), backbone="simple", key=jr.key(0))
     model = _train(model, data, 1, jr.key(1), batch_size=128)
     accuracy = npx.evaluate_accuracy(model, data.x_test, data.y_test)
-    assert accuracy >= 0.93, f"NoProp-DT, SimpleCNN, 15,000 MNIST images: {accuracy:.4f}"
+    assert accuracy >= 0.80, f"NoProp-DT, SimpleCNN, 6,000 MNIST images: {accuracy:.4f}"
 
 
 @pytest.mark.slow
