@@ -300,41 +300,17 @@ def _add_output_options(p) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The `RunConfig` of parsed `noprop-eqx train` arguments (validated there)."""
-    return RunConfig(
+    """The `RunConfig` of parsed `noprop-eqx train` arguments (validated there): each field is
+    the option of the same name, except the negated flags and the paths."""
+    special = dict(
         variants=tuple(args.variants),
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        epochs=args.epochs,
-        stop_after=args.stop_after,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        weight_decay=args.weight_decay,
-        embedding=args.embedding,
-        prototype_scale=args.prototype_scale,
-        fixed_embedding=args.fixed_embedding,
-        embed_dim=args.embed_dim,
-        model=args.model,
-        width=args.width,
-        num_blocks=args.num_blocks,
-        compute_dtype=args.compute_dtype,
-        steps_per_call=args.steps_per_call,
-        augment_shift=args.augment_shift,
-        seed=args.seed,
-        cifar100_labels=args.cifar100_labels,
         verify_md5=not args.no_verify_md5,
-        limit_train=args.limit_train,
-        limit_test=args.limit_test,
-        subset_seed=args.subset_seed,
-        eval_solver=args.eval_solver,
-        eval_steps=args.eval_steps,
-        inference_runs=args.inference_runs,
+        progress=not args.no_progress,
         out=str(args.out),
         results=None if args.results is None else str(args.results),
-        resume=args.resume,
-        progress=not args.no_progress,
     )
+    fields = {f: getattr(args, f) for f in RunConfig.__dataclass_fields__ if f not in special}
+    return RunConfig(**fields, **special)
 
 
 _FIELDS = sorted((f for f in RunConfig.__dataclass_fields__), key=len, reverse=True)

@@ -105,28 +105,32 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def check_results_file(path: str | os.PathLike) -> None:
-    """Refuses, before any training, a `--results` file a record cannot be appended to: not a
-    `.json` name, a folder, or an existing file that is not a JSON list."""
-    path = Path(path)
+def _read_results(path: Path) -> list:
+    """The records of a `--results` file (none if it does not exist yet); a `RunFileError` for a
+    name other than `*.json`, a folder, or a file that is not a JSON list."""
     if path.suffix != ".json":
         raise RunFileError(f"expected a results file named *.json, got {path}")
     if path.is_dir():
         raise RunFileError(f"expected a results file, got the folder {path}")
-    if path.exists():
-        records = read_json(path, "results file")
-        if not isinstance(records, list):
-            raise RunFileError(
-                f"expected {path} to hold a JSON list of run records, got a "
-                f"{type(records).__name__}; choose another --results file"
-            )
+    if not path.exists():
+        return []
+    records = read_json(path, "results file")
+    if not isinstance(records, list):
+        raise RunFileError(
+            f"expected {path} to hold a JSON list of run records, got a "
+            f"{type(records).__name__}; choose another --results file"
+        )
+    return records
+
+
+def check_results_file(path: str | os.PathLike) -> None:
+    """Refuses, before any training, a `--results` file a record cannot be appended to: not a
+    `.json` name, a folder, or an existing file that is not a JSON list."""
+    _read_results(Path(path))
 
 
 def append_result(path: str | os.PathLike, record: dict) -> None:
     """Appends `record` to the JSON list in `path` (created if missing), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    check_results_file(path)
-    records = read_json(path, "results file") if path.is_file() else []
-    records.append(record)
-    write_json(path, records)
+    write_json(path, [*_read_results(path), record])

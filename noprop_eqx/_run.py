@@ -23,13 +23,12 @@ import numpy as np
 import optax
 
 from . import data as data_lib
-from ._checkpoint import load_checkpoint, save_checkpoint
+from ._checkpoint import load_checkpoint, model_from_config, save_checkpoint
 from ._config import ConfigError, RunConfig, settings_differ
 from ._dt import NoPropDT
 from ._dt_step import make_dt_step
 from ._embeddings import is_fixed_embedding
 from ._loop import (
-    build_model,
     resolve_embed_dim,
     run_keys,
     solver_kwargs,
@@ -207,20 +206,7 @@ def start_run(variant: str, config: RunConfig, ds: data_lib.ImageDataset, log: T
         image_shape=list(ds.image_shape),
     )
     k_model, k_train = run_keys(config.seed, variant)
-    model = build_model(
-        variant,
-        num_classes=ds.num_classes,
-        image_shape=ds.image_shape,
-        backbone=config.backbone,
-        embedding=config.embedding,
-        embed_dim=embed_dim,
-        num_blocks=config.num_blocks,
-        x_train=ds.x_train,
-        y_train=ds.y_train,
-        prototype_scale=config.resolved_prototype_scale,
-        fixed_embedding=config.fixed_embedding,
-        key=k_model,
-    )
+    model = model_from_config(settings, ds, key=k_model)
     decay_steps = None
     if config.lr_schedule == "cosine":
         batches = data_lib.num_train_batches(len(ds.y_train), config.batch_size)

@@ -93,7 +93,8 @@ def conv_pool_relu_hwc(conv: eqx.nn.Conv2d, x: Float[Array, "h w c"]) -> Float[A
     bias) + bias)`. Both are the same function: a per-channel bias is constant over each pooling
     window and ReLU is monotone, so both commute with the max. This order adds the bias and takes
     the ReLU (and their gradients) on the pooled map, a quarter of the size: paper-network
-    NoProp-DT and backprop training steps ran 1.06x faster on CPU (`benchmarks/studies/pool_order.py`)."""
+    NoProp-DT and backprop training steps ran 1.06x faster on CPU
+    (`benchmarks/studies/pool_order.py`)."""
     y = max_pool_hwc(conv_hwc(conv, x, bias=False))
     if conv.bias is not None:
         y = y + conv.bias.reshape(1, 1, -1)
