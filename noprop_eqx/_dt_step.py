@@ -11,7 +11,7 @@ which is the fastest DT step measured on CPU. Either way the result equals
 random draws for the same key.
 """
 
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import equinox as eqx
 import jax
@@ -21,11 +21,12 @@ import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
 from ._checks import check_batch
-from ._dt import NoPropDT, _sample_q_batch
+from ._dt import NoPropDT
 from ._losses import (
     expected_embedding,
     kl_to_standard_normal,
     readout_cross_entropy,
+    sample_q,
     weighted_denoising_term,
 )
 from ._train import cast_floating, check_compute_dtype, donating_step, make_step
@@ -81,13 +82,76 @@ def dt_value_and_grad(
     if not isinstance(model, NoPropDT):
         raise TypeError(f"expected a NoPropDT model, got {type(model).__name__}")
     x, y = check_batch(batch, model.image_shape, model.num_classes)
+    terms = dt_local_terms(model, x, y, key, unroll=unroll, compute_dtype=compute_dtype)
+    shared_grads = jax.tree.map(jnp.add, terms.head_grads, terms.block_shared_grads)
+    return finish_dt_terms(
+        model, terms.ce, terms.kl, terms.per_block, shared_grads, terms.block_grads
+    )
+
+
+class DTTerms(NamedTuple):
+    """The parts of Eq. 8 and their gradients that one device computes (`dt_local_terms`):
+    sums over its examples divided by the GLOBAL batch size, so that summing them over the
+    devices that split a batch gives the batch means."""
+
+    ce: Array
+    kl: Array
+    per_block: Array  # (T_local,): mean_batch[(SNR(t) - SNR(t-1)) ‖û_θt - u_y‖²] per own block
+    head_grads: PyTree  # gradient of CE + KL with respect to the shared (non-block) arrays
+    block_shared_grads: PyTree  # gradient of the own blocks' terms, shared arrays
+    block_grads: PyTree  # gradient of the own blocks' terms, own blocks (leading axis T_local)
+
+
+def finish_dt_terms(model, ce, kl, per_block, shared_grads, block_grads):
+    """`((loss, aux), grads)` from whole-batch, all-block terms (see `dt_value_and_grad`)."""
+    denoise = 0.5 * model.num_blocks * model.eta * jnp.mean(per_block)
+    loss = ce + kl + denoise
+    aux = dict(loss=loss, ce=ce, kl=kl, denoise=denoise, denoise_per_block=per_block)
+    grads = eqx.tree_at(lambda m: m.blocks, shared_grads, block_grads, is_leaf=lambda n: n is None)
+    return (loss, aux), grads
+
+
+def dt_local_terms(
+    model: NoPropDT,
+    x: Array,
+    y: Array,
+    key: PRNGKeyArray,
+    *,
+    unroll: int | bool = 1,
+    compute_dtype: Any = None,
+    block_offset: int | Array = 0,
+    batch_offset: int | Array = 0,
+    global_batch: int | None = None,
+) -> DTTerms:
+    """The terms of Eq. 8 for the blocks `model.blocks` holds and the examples `(x, y)`, which
+    may be a slice of the whole: blocks `block_offset ...` of `model.num_blocks` and examples
+    `batch_offset ...` of a batch of `global_batch` (default: `len(x)`, the whole batch). Every
+    random draw is the one the whole-batch, all-block computation makes for the same blocks
+    and examples, so devices that each hold a slice together compute exactly
+    `dt_value_and_grad` (see `noprop_eqx.parallel`)."""
     compute_dtype = check_compute_dtype(compute_dtype)
     if compute_dtype is not None:
         x = x.astype(compute_dtype)
     num_blocks, eta = model.num_blocks, model.eta
+    local_batch = x.shape[0]
+    global_batch = local_batch if global_batch is None else global_batch
+    local_blocks = {a.shape[0] for a in jax.tree.leaves(eqx.filter(model.blocks, eqx.is_array))}
+    (local_blocks,) = local_blocks
     k_z, k_drop = jr.split(key)
     keys_z = jr.split(k_z, num_blocks + 1)
-    keys_drop = jr.split(k_drop, (num_blocks, x.shape[0]))
+    keys_drop = jax.lax.dynamic_slice(
+        jr.split(k_drop, (num_blocks, global_batch)),
+        (block_offset, batch_offset),
+        (local_blocks, local_batch),
+    )
+
+    def sample(u_y, alpha_bar, key):
+        """z ~ q(z | y) for the local examples, with the whole batch's per-example keys."""
+        keys = jax.lax.dynamic_slice_in_dim(jr.split(key, global_batch), batch_offset, local_batch)
+        return jax.vmap(lambda u, k: sample_q(u, alpha_bar, key=k))(u_y, keys)
+
+    def batch_mean(values):
+        return jnp.sum(values) / global_batch
 
     block_arrays, block_static = eqx.partition(model.blocks, eqx.is_array)
     shared = eqx.tree_at(lambda m: m.blocks, model, None)
@@ -99,12 +163,12 @@ def dt_value_and_grad(
         w_embed = m.embedding.matrix()
         u_y = w_embed[y]
         alpha_bar = alpha_bar_grid(m.schedule, num_blocks)
-        z_last = _sample_q_batch(u_y, alpha_bar[num_blocks], keys_z[num_blocks])
-        ce = jnp.mean(jax.vmap(readout_cross_entropy)(jax.vmap(m.readout)(z_last), y))
-        kl = jnp.mean(jax.vmap(kl_to_standard_normal, (0, None))(u_y, alpha_bar[0]))
+        z_last = sample(u_y, alpha_bar[num_blocks], keys_z[num_blocks])
+        ce = batch_mean(jax.vmap(readout_cross_entropy)(jax.vmap(m.readout)(z_last), y))
+        kl = batch_mean(jax.vmap(kl_to_standard_normal, (0, None))(u_y, alpha_bar[0]))
         return cast_floating((ce + kl, (ce, kl)), jnp.float32)
 
-    def block_term(diff, t, key_z, keys_drop_t):
+    def block_term(diff, t, keys_drop_t):
         """(η/2) mean_batch[(SNR(t) - SNR(t-1)) ‖û_θt(z_{t-1}, x) - u_y‖²] for one block."""
         arrays_t, shared_diff_t = cast_floating(diff, compute_dtype)
         m = eqx.combine(shared_diff_t, shared_static)
@@ -113,32 +177,28 @@ def dt_value_and_grad(
         u_y = w_embed[y]
         alpha_bar = alpha_bar_grid(m.schedule, num_blocks)
         snr = alpha_bar / (1.0 - alpha_bar)
-        z = _sample_q_batch(u_y, alpha_bar[t], key_z)
+        z = sample(u_y, alpha_bar[t], keys_z[t])
         logits = jax.vmap(lambda zi, xi, ki: block(zi, xi, key=ki))(z, x, keys_drop_t)
         u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
         weight = snr[t + 1] - snr[t]
-        per_block = jnp.mean(jax.vmap(weighted_denoising_term, (0, 0, None))(u_hat, u_y, weight))
+        per_block = batch_mean(jax.vmap(weighted_denoising_term, (0, 0, None))(u_hat, u_y, weight))
         return cast_floating((0.5 * eta * per_block, per_block), jnp.float32)
 
-    (head, (ce, kl)), shared_grads = eqx.filter_value_and_grad(head_term, has_aux=True)(shared_diff)
+    (_, (ce, kl)), head_grads = eqx.filter_value_and_grad(head_term, has_aux=True)(shared_diff)
     block_grad_fn = eqx.filter_value_and_grad(block_term, has_aux=True)
 
     def body(shared_grads, inputs):
-        arrays_t, t, key_z, keys_drop_t = inputs
+        arrays_t, t, keys_drop_t = inputs
         (_, per_block), (grads_t, shared_grads_t) = block_grad_fn(
-            (arrays_t, shared_diff), t, key_z, keys_drop_t
+            (arrays_t, shared_diff), t, keys_drop_t
         )
         shared_grads = jax.tree.map(jnp.add, shared_grads, shared_grads_t)
         return shared_grads, (grads_t, per_block)
 
-    xs = (block_arrays, jnp.arange(num_blocks), keys_z[:num_blocks], keys_drop)
-    shared_grads, (block_grads, per_block) = jax.lax.scan(body, shared_grads, xs, unroll=unroll)
-
-    denoise = 0.5 * num_blocks * eta * jnp.mean(per_block)
-    loss = head + denoise
-    aux = dict(loss=loss, ce=ce, kl=kl, denoise=denoise, denoise_per_block=per_block)
-    grads = eqx.tree_at(lambda m: m.blocks, shared_grads, block_grads, is_leaf=lambda n: n is None)
-    return (loss, aux), grads
+    zeros = jax.tree.map(jnp.zeros_like, head_grads)
+    xs = (block_arrays, block_offset + jnp.arange(local_blocks), keys_drop)
+    block_shared_grads, (block_grads, per_block) = jax.lax.scan(body, zeros, xs, unroll=unroll)
+    return DTTerms(ce, kl, per_block, head_grads, block_shared_grads, block_grads)
 
 
 def make_dt_step(

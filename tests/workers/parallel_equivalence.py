@@ -1,0 +1,117 @@
+"""Run in a subprocess by tests/test_parallel.py with 10 CPU devices: every mesh's training step
+against the single-device step. Prints one JSON object: the largest differences found."""
+
+import json
+import sys
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 10)
+
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import jax.random as jr  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import noprop_eqx as npx  # noqa: E402
+from noprop_eqx import parallel  # noqa: E402
+
+STEPS = 5
+KEY = jr.key(0)
+X = np.asarray(jr.normal(jr.key(1), (40, 1, 8, 8)), np.float32)
+Y = np.asarray(jr.randint(jr.key(2), (40,), 0, 10))
+
+
+def build(variant):
+    kwargs = dict(backbone="simple", embedding="learned", embed_dim=6, key=KEY)
+    if variant in ("DT", "BP"):
+        kwargs["num_blocks"] = 10
+    return npx.build_model(variant, num_classes=10, image_shape=(1, 8, 8), **kwargs)
+
+
+def copy(tree):
+    return jax.tree.map(lambda a: jnp.array(a, copy=True) if eqx.is_array(a) else a, tree)
+
+
+def params(model):
+    return [np.asarray(leaf) for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))]
+
+
+def largest(a, b):
+    """The largest |a - b| over leaves, relative to the largest |a| of that leaf."""
+    return max(
+        float(np.max(np.abs(u - v)) / max(np.max(np.abs(u)), 1e-12)) for u, v in zip(a, b)
+    )
+
+
+def trajectory(model, optimizer, step, mesh=None):
+    """Parameters after 1 step, after STEPS steps, and the losses."""
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    model = copy(model)
+    if mesh is not None:
+        model, opt_state = parallel.place(model, opt_state, mesh)
+    out, losses = [], []
+    for i in range(STEPS):
+        model, opt_state, aux = step(model, opt_state, (X, Y), jr.fold_in(KEY, i))
+        losses.append(float(aux["loss"]))
+        if i == 0:
+            out.append(params(model))
+    out.append(params(model))
+    return out, losses, model
+
+
+def main(cases):
+    results = {}
+    sgd = optax.sgd(1e-2)
+    # One SGD step with learning rate 1 moves every parameter by exactly its gradient.
+    unit = optax.sgd(1.0)
+    meshes = [(8, 1), (4, 2), (1, 5), (1, 10), (2, 5)]
+    for variant in ("DT", "CT", "FM", "BP"):
+        if not any(c.startswith(variant + " ") for c in cases) and cases != ["all"]:
+            continue
+        model = build(variant)
+        if variant == "DT":
+            reference = npx.make_dt_step
+            meshes_here = meshes
+        else:
+            loss = type(model).loss_fn
+            reference = lambda opt, loss=loss: npx.make_step(loss, opt)  # noqa: E731
+            meshes_here = [(8, 1), (5, 1)]
+        (grad_ref, *_), _, _ = trajectory(model, unit, reference(unit))
+        (p1_ref, p5_ref), loss_ref, model_ref = trajectory(model, sgd, reference(sgd))
+        acc_ref = npx.evaluate_accuracy(model_ref, X, Y, batch_size=16)
+        # Labels = the single-device predictions: a mesh evaluation must score exactly 1.
+        predicted = np.asarray(model_ref.predict(X))
+        for data, blocks in meshes_here:
+            if f"{variant} data={data},blocks={blocks}" not in cases and cases != ["all"]:
+                continue
+            mesh = parallel.make_mesh(data, blocks)
+            if variant == "DT":
+                make = lambda opt, mesh=mesh: parallel.make_dt_step(opt, mesh)  # noqa: E731
+            else:
+                make = lambda opt, mesh=mesh, loss=loss: parallel.make_step(loss, opt, mesh)  # noqa: E731
+            (grad, *_), _, _ = trajectory(model, unit, make(unit), mesh)
+            (p1, p5), losses, trained = trajectory(model, sgd, make(sgd), mesh)
+            acc = parallel.evaluate_accuracy(trained, X, Y, mesh, batch_size=16)
+            agree = parallel.evaluate_accuracy(trained, X, predicted, mesh, batch_size=16)
+            results[f"{variant} data={data},blocks={blocks}"] = dict(
+                gradients=largest(
+                    [a - b for a, b in zip(params(model), grad_ref)],
+                    [a - b for a, b in zip(params(model), grad)],
+                ),
+                params_1=largest(p1_ref, p1),
+                params_5=largest(p5_ref, p5),
+                loss_5=abs(losses[-1] - loss_ref[-1]) / abs(loss_ref[-1]),
+                accuracy=[acc_ref, acc],
+                agreement=agree,
+                classes_predicted=len(set(predicted.tolist())),
+                block_sharding=str(jax.tree.leaves(trained.blocks)[0].sharding.spec)
+                if variant in ("DT", "BP")
+                else None,
+            )
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["all"])
