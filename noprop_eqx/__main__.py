@@ -112,6 +112,34 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     _add_model_options(p.add_argument_group("model and embedding"))
     _add_data_options(p.add_argument_group("data"))
     _add_output_options(p.add_argument_group("evaluation and output"))
+    _add_device_options(p.add_argument_group("devices and hosts"))
+
+
+def _add_device_options(p) -> None:
+    p.add_argument(
+        "--mesh",
+        default=None,
+        metavar="AXES",
+        help="train on a device mesh, e.g. data=4 (the batch split over 4 devices, any "
+        "variant) or data=2,blocks=4 (DT's blocks split over 4 more); recorded in config.json",
+    )
+    p.add_argument(
+        "--cpu-devices",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="on CPU, split the machine into N JAX devices (to use or try a --mesh)",
+    )
+    p.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="several processes (hosts): the address of process 0; with --num-processes and "
+        "--process-id, or JAX's environment variables (JAX_COORDINATOR_ADDRESS, ...) or "
+        "cluster detection when left out",
+    )
+    p.add_argument("--num-processes", type=_positive_int, default=None, metavar="N")
+    p.add_argument("--process-id", type=int, default=None, metavar="I")
 
 
 def _add_training_options(p) -> None:

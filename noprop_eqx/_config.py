@@ -78,6 +78,11 @@ class RunConfig:
     results: str | None = None
     resume: bool = False
     progress: bool = True
+    mesh: str | None = None
+    cpu_devices: int | None = None
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
     def __post_init__(self):
         variants = self.variants
@@ -180,6 +185,65 @@ class RunConfig:
             raise ConfigError(
                 f"expected stop_after <= epochs ({self.epochs}), got {self.stop_after}"
             )
+        self._check_devices()
+
+    def _check_devices(self) -> None:
+        for name in ("cpu_devices", "num_processes"):
+            value = getattr(self, name)
+            _expect(
+                value is None or _positive(value), f"{name} to be a positive integer or None", value
+            )
+        _expect(
+            self.process_id is None or (_is_int(self.process_id) and self.process_id >= 0),
+            "process_id to be a non-negative integer or None",
+            self.process_id,
+        )
+        if None not in (self.process_id, self.num_processes):
+            _expect(
+                self.process_id < self.num_processes,
+                f"process_id below num_processes ({self.num_processes})",
+                self.process_id,
+            )
+        if self.mesh is None:
+            for name in ("coordinator", "num_processes", "process_id"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name} applies to a run on a mesh: give --mesh too")
+            return
+        sizes = self.mesh_sizes
+        if self.batch_size % sizes["data"]:
+            raise ConfigError(
+                f"expected batch_size divisible by the mesh's data={sizes['data']}, got "
+                f"{self.batch_size}"
+            )
+        if sizes["blocks"] > 1:
+            if set(self.variants) != {"DT"}:
+                raise ConfigError(
+                    f"mesh: blocks={sizes['blocks']} splits NoProp-DT's blocks; expected "
+                    f"variants ('DT',), got {self.variants} (train the others with blocks=1)"
+                )
+            if self.num_blocks % sizes["blocks"]:
+                works = [n for n in range(1, self.num_blocks + 1) if self.num_blocks % n == 0]
+                raise ConfigError(
+                    f"mesh: blocks={sizes['blocks']} does not divide num_blocks="
+                    f"{self.num_blocks}; sizes that do: {works}"
+                )
+        _expect(
+            self.steps_per_call in ("auto", 1),
+            "steps_per_call 'auto' or 1 on a mesh (one step per call)",
+            self.steps_per_call,
+        )
+
+    @property
+    def mesh_sizes(self) -> dict[str, int]:
+        """{"data": ..., "blocks": ...} from `mesh` ("data=4,blocks=2"); both 1 without one."""
+        from .parallel import MeshError, parse_mesh
+
+        if self.mesh is None:
+            return {"data": 1, "blocks": 1}
+        try:
+            return parse_mesh(self.mesh)
+        except MeshError as e:
+            raise ConfigError(f"mesh: {e}") from None
 
     def replace(self, **changes) -> "RunConfig":
         """A copy with some fields changed (and validated again)."""

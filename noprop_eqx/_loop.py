@@ -7,6 +7,7 @@ shuffled pass of a compiled step, returning the new model, optimizer state and t
 loss terms.
 """
 
+import functools
 import math
 import sys
 import time
@@ -336,13 +337,18 @@ def stochastic_accuracy(
     *,
     key: PRNGKeyArray,
     runs: int = 5,
+    evaluate: Callable[..., float] | None = None,
     **predict_kwargs,
 ) -> dict[str, Any]:
     """Accuracy over `runs` independent stochastic inference passes (`key` split `runs` ways):
-    mean, standard error (std / √runs, ddof=1) and the individual accuracies."""
+    mean, standard error (std / √runs, ddof=1) and the individual accuracies. `evaluate(x, y,
+    key=..., **predict_kwargs)` replaces `evaluate_accuracy(model, ...)` when given (for
+    example `parallel.evaluate_accuracy` on a mesh)."""
     if runs < 2:
         raise ValueError(f"expected at least 2 runs for a standard error, got {runs}")
-    accs = [evaluate_accuracy(model, x, y, key=k, **predict_kwargs) for k in jr.split(key, runs)]
+    if evaluate is None:
+        evaluate = functools.partial(evaluate_accuracy, model)
+    accs = [evaluate(x, y, key=k, **predict_kwargs) for k in jr.split(key, runs)]
     return dict(
         mean=float(np.mean(accs)),
         se=float(np.std(accs, ddof=1) / np.sqrt(runs)),

@@ -10,6 +10,7 @@ are written atomically. A resumed run reproduces the uninterrupted one bit for b
 
 import dataclasses
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,16 +76,69 @@ def train(
     log = sys.stderr if log is None else log
     command = command if command is not None else f"noprop_eqx.train({config!r})"
     check_outputs(config)
+    mesh = start_devices(config)
     ds = load_data(config)
-    print(f"{ds} on {device_name()}", file=log, flush=True)
+    where = device_name() if mesh is None else f"{device_name()}, {_mesh_text(mesh)}"
+    print(f"{ds} on {where}", file=log, flush=True)
     records = []
     for variant in config.variants:
-        record = train_variant(variant, config, ds, command=command, log=log)
-        if config.results is not None:
+        record = train_variant(variant, config, ds, command=command, log=log, mesh=mesh)
+        if config.results is not None and _writes():
             append_result(config.results, record)
-        plot_curves(config.out_dir)
+        if _writes():
+            plot_curves(config.out_dir)
         records.append(record)
     return records
+
+
+def _writes() -> bool:
+    """Whether this process writes the run's files: the only one, or process 0 of several."""
+    return jax.process_index() == 0
+
+
+def _mesh_text(mesh) -> str:
+    text = f"mesh data={mesh.shape['data']}, blocks={mesh.shape['blocks']}"
+    if jax.process_count() > 1:
+        text += f", {jax.process_count()} processes"
+    return text
+
+
+def start_devices(config: RunConfig):
+    """The run's device mesh (None without `config.mesh`): splits the CPU into
+    `config.cpu_devices` devices and joins the other processes first when asked."""
+    if config.mesh is None:
+        if config.cpu_devices is not None:
+            _set_cpu_devices(config.cpu_devices)
+        return None
+    from . import parallel
+
+    if config.cpu_devices is not None:
+        _set_cpu_devices(config.cpu_devices)
+    several = (config.coordinator, config.num_processes, config.process_id) != (None,) * 3
+    if (several or os.environ.get("JAX_COORDINATOR_ADDRESS")) and not _distributed_started():
+        parallel.initialize(config.coordinator, config.num_processes, config.process_id)
+    try:
+        return parallel.make_mesh(**config.mesh_sizes)
+    except parallel.MeshError as e:
+        raise ConfigError(f"mesh: {e}") from None
+
+
+def _distributed_started() -> bool:
+    from jax._src import distributed
+
+    return distributed.global_state.client is not None
+
+
+def _set_cpu_devices(count: int) -> None:
+    if jax.config.jax_num_cpu_devices == count:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError as e:
+        raise ConfigError(
+            f"cpu_devices: JAX's devices are already set up in this process ({e}); set "
+            "cpu_devices in a fresh process, before any JAX computation"
+        ) from None
 
 
 def check_outputs(config: RunConfig) -> None:
@@ -165,6 +219,7 @@ class _Run:
     key: Any
     history: list
     epoch: int = 0  # the last completed (checkpointed) epoch
+    mesh: Any = None  # a `parallel.make_mesh` mesh, or None for one device
 
 
 def train_variant(
@@ -174,10 +229,11 @@ def train_variant(
     *,
     command: str,
     log: TextIO,
+    mesh: Any = None,
 ) -> dict:
     """Trains (or resumes) one variant; returns its results record."""
     commit = git_commit()  # the code that trains: read now, not after a long run
-    run = start_run(variant, config, ds, log)
+    run = start_run(variant, config, ds, log, mesh=mesh)
     train_epochs(run, config, ds, log)
     if run.history[-1]["epoch"] < config.epochs:
         print(
@@ -188,12 +244,16 @@ def train_variant(
             flush=True,
         )
     record = final_record(run, config, ds, command=command, commit=commit, log=log)
-    write_json(run.run_dir / "summary.json", record)
+    if _writes():
+        write_json(run.run_dir / "summary.json", record)
     return record
 
 
-def start_run(variant: str, config: RunConfig, ds: data_lib.ImageDataset, log: TextIO) -> _Run:
-    """Builds the model, its optimiser and compiled step, and restores the checkpoint on resume."""
+def start_run(
+    variant: str, config: RunConfig, ds: data_lib.ImageDataset, log: TextIO, *, mesh: Any = None
+) -> _Run:
+    """Builds the model, its optimiser and compiled step, and restores the checkpoint on resume;
+    on a mesh, places the model and optimiser state on it."""
     run_dir = config.run_dir(variant)
     embed_dim = resolve_embed_dim(
         config.embedding, config.embed_dim, ds.num_classes, ds.image_shape
@@ -224,10 +284,38 @@ def start_run(variant: str, config: RunConfig, ds: data_lib.ImageDataset, log: T
     )
     if config.resume and (run_dir / CHECKPOINT).is_file():
         _restore(run, log)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", settings)
-    write_metrics(run_dir / "metrics.jsonl", run.history)
+    if mesh is not None:
+        _place_on_mesh(run, optimizer, mesh, config.compute_dtype)
+    if _writes():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", settings)
+        write_metrics(run_dir / "metrics.jsonl", run.history)
     return run
+
+
+def _place_on_mesh(run: _Run, optimizer, mesh, compute_dtype: str) -> None:
+    """The run's model and optimiser state on `mesh`, its step the mesh's (`parallel`), and the
+    mesh in its settings (not pinned: a run may resume on another mesh)."""
+    from . import parallel
+
+    dtype = None if compute_dtype == "float32" else jnp.dtype(compute_dtype)
+    run.model, run.opt_state = parallel.place(run.model, run.opt_state, mesh)
+    if isinstance(run.model, NoPropDT):
+        run.step = parallel.make_dt_step(optimizer, mesh, compute_dtype=dtype)
+    else:
+        run.step = parallel.make_step(type(run.model).loss_fn, optimizer, mesh, compute_dtype=dtype)
+    run.mesh = mesh
+    run.settings["mesh"] = dict(mesh.shape)
+    run.settings["processes"] = jax.process_count()
+
+
+def _evaluate(run: _Run, x, y, **kwargs) -> float:
+    """`evaluate_accuracy`, on the run's mesh if it has one."""
+    if run.mesh is None:
+        return evaluate_accuracy(run.model, x, y, **kwargs)
+    from . import parallel
+
+    return parallel.evaluate_accuracy(run.model, x, y, run.mesh, **kwargs)
 
 
 def _restore(run: _Run, log: TextIO) -> None:
@@ -312,15 +400,28 @@ def train_epochs(run: _Run, config: RunConfig, ds: data_lib.ImageDataset, log: T
                 f"is kept in {run.run_dir}: lower --lr, check the data, or resume from it"
             )
         tic = time.perf_counter()
-        accuracy = evaluate_accuracy(model, ds.x_test, ds.y_test, **predict_kwargs)
+        run.model, run.opt_state = model, opt_state
+        accuracy = _evaluate(run, ds.x_test, ds.y_test, **predict_kwargs)
         eval_time = time.perf_counter() - tic
-        run.model, run.opt_state, run.epoch = model, opt_state, epoch
-        save_checkpoint(run.run_dir / CHECKPOINT, model, opt_state, epoch=epoch, key=run.key)
+        run.epoch = epoch
+        _save(run)
         run.history.append(_epoch_row(run.history, epoch, stats, accuracy, eval_time))
-        write_metrics(run.run_dir / "metrics.jsonl", run.history)
+        if _writes():
+            write_metrics(run.run_dir / "metrics.jsonl", run.history)
         print(_epoch_line(run.variant, config.epochs, run.history[-1], stats), file=log, flush=True)
     if not run.history:
         raise RunFileError(f"{run.run_dir} has no completed epoch")
+
+
+def _save(run: _Run) -> None:
+    """The checkpoint of `run`, written by one process (gathered from every device first)."""
+    model, opt_state = run.model, run.opt_state
+    if run.mesh is not None:
+        from . import parallel
+
+        model, opt_state = parallel.gather((model, opt_state))
+    if _writes():
+        save_checkpoint(run.run_dir / CHECKPOINT, model, opt_state, epoch=run.epoch, key=run.key)
 
 
 def _epoch_row(history: list, epoch: int, stats: dict, accuracy: float, eval_time: float) -> dict:
@@ -404,7 +505,7 @@ def _read_outs(run: _Run, config: RunConfig, ds: data_lib.ImageDataset, log: Tex
         out["accuracy_deterministic"] = run.history[-1]["test_accuracy"]
     if variant == "DT":
         # The same deterministic chain, read out from the T blocks' averaged class probabilities.
-        out["accuracy_blocks"] = evaluate_accuracy(model, x_test, y_test, readout="blocks")
+        out["accuracy_blocks"] = _evaluate(run, x_test, y_test, readout="blocks")
         print(
             f"[{variant}] final: block average {out['accuracy_blocks']:.2%} (the readout of "
             f"z_T is test acc above)",
@@ -417,7 +518,15 @@ def _read_outs(run: _Run, config: RunConfig, ds: data_lib.ImageDataset, log: Tex
         tic = time.perf_counter()
         k_infer = jr.fold_in(jr.key(config.seed), 1_000_003)
         runs = config.inference_runs
-        stoch = stochastic_accuracy(model, x_test, y_test, key=k_infer, runs=runs, **predict_kwargs)
+        stoch = stochastic_accuracy(
+            model,
+            x_test,
+            y_test,
+            key=k_infer,
+            runs=runs,
+            evaluate=functools.partial(_evaluate, run),
+            **predict_kwargs,
+        )
         out.update(
             accuracy_stochastic_mean=stoch["mean"],
             accuracy_stochastic_se=stoch["se"],

@@ -325,10 +325,15 @@ def make_dt_step(
         shared = jax.tree.map(
             lambda h, b: h / num_block_devices + b, terms.head_grads, terms.block_shared_grads
         )
-        shared = jax.lax.psum(shared, AXES)
-        ce, kl = jax.lax.psum((terms.ce, terms.kl), "data")
-        block_grads, per_block = jax.lax.psum((terms.block_grads, terms.per_block), "data")
+        shared = _psum(shared, ("data", "blocks"))
+        ce, kl = _psum((terms.ce, terms.kl), ("data",))
+        block_grads, per_block = _psum((terms.block_grads, terms.per_block), ("data",))
         return ce, kl, per_block, shared, block_grads
+
+    def _psum(tree, axes):
+        """psum over the axes of more than one device (XLA keeps a trivial one)."""
+        axes = tuple(a for a in axes if mesh.shape[a] > 1)
+        return jax.lax.psum(tree, axes) if axes else tree
 
     def sharded(static, *arrays):
         return jax.shard_map(
@@ -365,8 +370,8 @@ def _nones(tree: PyTree) -> PyTree:
 
 
 @functools.cache
-def _count_correct(mesh: Mesh):
-    sharding = NamedSharding(mesh, P(AXES))
+def _count_correct(mesh: Mesh, spec: P):
+    sharding = NamedSharding(mesh, spec)
 
     @eqx.filter_jit
     def count(model, x, y, num_valid, predict_kwargs, key):
@@ -390,23 +395,25 @@ def evaluate_accuracy(
     key: PRNGKeyArray | None = None,
     **predict_kwargs,
 ) -> float:
-    """`noprop_eqx.evaluate_accuracy` on a mesh: the model replicated, each test batch split
-    over all the mesh's devices (`batch_size` is rounded up to a multiple of their number).
-    The same padding and keys, so the same accuracy as on one device."""
+    """`noprop_eqx.evaluate_accuracy` on a mesh: the model replicated, each test batch of
+    `batch_size` rows split over all the mesh's devices. The batches, their padding and the
+    keys are those of `noprop_eqx.evaluate_accuracy`, so the accuracy is the same, stochastic
+    read-outs included (their draws depend on the batch shape). A batch size that does not
+    divide by the number of devices is evaluated whole on every device."""
     if len(x) != len(y):
         raise ValueError(f"expected as many labels as images, got {len(y)} labels, {len(x)} images")
-    num_devices = mesh.devices.size
-    batch_size = -(-min(batch_size, len(x)) // num_devices) * num_devices
+    batch_size = min(batch_size, len(x))
+    spec = P(AXES) if batch_size % mesh.devices.size == 0 else P()
+    sharding = NamedSharding(mesh, spec)
     replicated = jax.tree.map(
         lambda leaf: NamedSharding(mesh, P()) if eqx.is_array(leaf) else None, model
     )
     model = _put(gather(model), replicated)
-    sharding = NamedSharding(mesh, P(AXES))
-    count = _count_correct(mesh)
+    count = _count_correct(mesh, spec)
     correct = 0
     for i, (xb, yb, n) in enumerate(eval_batches(x, y, batch_size)):
         k = None if key is None else jax.random.fold_in(key, i)
-        xb, yb = shard_batch((xb, yb), mesh, sharding)
+        xb, yb = _put((xb, yb), (sharding, sharding))
         correct += int(count(model, xb, yb, n, tuple(sorted(predict_kwargs.items())), k))
     return correct / len(x)
 
