@@ -16,6 +16,7 @@ scaling model: step time and efficiency from 1 to 1,024 devices and T from 10 to
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -145,10 +146,11 @@ def compiled_step(variant: str, network: str, data: int, blocks: int, batch: int
 
 
 def allreduce_time(size_bytes: float, n: int, bandwidth: float, latency: float) -> float:
-    """Ring all-reduce of `size_bytes` over n devices: 2(n-1) steps of size/n."""
+    """All-reduce of `size_bytes` over n devices: the bandwidth term of a ring, 2(n-1)/n of the
+    buffer per device, plus a latency of 2 log2(n) hops (tree or hierarchical algorithms)."""
     if n <= 1:
         return 0.0
-    return 2 * (n - 1) * (latency + size_bytes / n / bandwidth)
+    return 2 * math.ceil(math.log2(n)) * latency + 2 * (n - 1) / n * size_bytes / bandwidth
 
 
 def divisor_at_most(t: int, n: int) -> int:
@@ -156,54 +158,52 @@ def divisor_at_most(t: int, n: int) -> int:
 
 
 def model_rows(measured: dict, *, bandwidth: float, latency: float, microbatches: int) -> list:
-    """Step time per strategy for N devices and T blocks, from a per-block compute time and the
-    byte counts measured for T = 10 (block and shared parameters scale with T as they must)."""
+    """Step time, images/s and efficiency per strategy for N devices and T blocks.
+
+    Every device keeps a batch of 128 per step (weak scaling over `data`: N data-parallel
+    devices train on 128 N images a step); the blocks axis splits the T blocks of one batch
+    (strong scaling). A DT block costs a tenth of the measured T = 10 step; its parameters
+    and the shared parameters are those measured for T = 10."""
     rows = []
     for network, m in measured.items():
         block_bytes = 4 * m["block_parameters"] / 10  # one block's parameters, float32
         shared_bytes = 4 * m["shared_parameters"]
-        dt_block_s = m["dt_step_s"] / 10  # one block's share of a DT step at batch 128
-        bp_block_s = m["bp_step_s"] / 10
         for t in (10, 100, 1000):
-            dt_one = dt_block_s * t
-            bp_one = bp_block_s * t
+            dt_one = m["dt_step_s"] / 10 * t
+            bp_one = m["bp_step_s"] / 10 * t
+            all_bytes = block_bytes * t + shared_bytes
             for n in [2**k for k in range(11)]:
                 b = divisor_at_most(t, n)  # blocks axis: the largest divisor of T <= N
-                d = n // b  # the rest of the devices split the batch
-                dt_2d = (
-                    dt_one / (b * d)
-                    + allreduce_time(shared_bytes, b * d, bandwidth, latency)
-                    + allreduce_time(block_bytes * t / b, d, bandwidth, latency)
+                d = n // b  # data axis: the rest (devices left over stay idle)
+                # DT, blocks x data: T/b blocks per device; the shared gradients over all
+                # devices, each device's block gradients over its data row.
+                dt_2d = dt_one / b + max(
+                    allreduce_time(shared_bytes, b * d, bandwidth, latency),
+                    allreduce_time(block_bytes * t / b, d, bandwidth, latency),
                 )
-                dt_data = dt_one / n + allreduce_time(
-                    block_bytes * t + shared_bytes, n, bandwidth, latency
+                dt_data = dt_one + allreduce_time(all_bytes, n, bandwidth, latency)
+                bp_data = bp_one + allreduce_time(all_bytes, n, bandwidth, latency)
+                # GPipe: b stages of T/b blocks, `microbatches` microbatches of the batch, the
+                # rest data parallel. Activations between stages are z (batch x embedding
+                # dim): negligible bytes. Optimistic: a microbatch costs its share of a batch.
+                bp_pipe = bp_one / b * (microbatches + b - 1) / microbatches + allreduce_time(
+                    block_bytes * t / b, d, bandwidth, latency
                 )
-                bp_data = bp_one / n + allreduce_time(
-                    block_bytes * t + shared_bytes, n, bandwidth, latency
-                )
-                # GPipe over min(N, T) stages, `microbatches` microbatches, the rest data
-                # parallel; activations between stages are z (batch x dim): negligible bytes.
-                stages = divisor_at_most(t, n)
-                replicas = n // stages
-                bubble = (microbatches + stages - 1) / microbatches
-                bp_pipe = bp_one / n * bubble + allreduce_time(
-                    block_bytes * t / stages, replicas, bandwidth, latency
-                )
-                for strategy, value in (
-                    ("DT 2-D (blocks x data)", dt_2d),
-                    ("DT data parallel", dt_data),
-                    ("backprop data parallel", bp_data),
-                    ("backprop pipeline + data", bp_pipe),
+                for strategy, step_s, images, one in (
+                    ("DT blocks x data", dt_2d, 128 * d, dt_one),
+                    ("DT data parallel", dt_data, 128 * n, dt_one),
+                    ("backprop data parallel", bp_data, 128 * n, bp_one),
+                    ("backprop pipeline x data", bp_pipe, 128 * d, bp_one),
                 ):
-                    base = dt_one if strategy.startswith("DT") else bp_one
                     rows.append(
                         dict(
                             network=network,
                             blocks_T=t,
                             devices=n,
                             strategy=strategy,
-                            step_s=value,
-                            efficiency=base / (n * value),
+                            step_s=step_s,
+                            images_per_s=images / step_s,
+                            efficiency=images / step_s / (n * 128 / one),
                         )
                     )
     return rows

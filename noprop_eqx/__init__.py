@@ -1,6 +1,12 @@
 """noprop-eqx: NoProp (Li, Teh, Pascanu 2025) in JAX, Equinox and Diffrax."""
 
-from . import data as data, models as models, noise_schedules as noise_schedules, utils as utils
+from . import (
+    data as data,
+    models as models,
+    noise_schedules as noise_schedules,
+    parallel as parallel,
+    utils as utils,
+)
 from ._backprop import BackpropBaseline as BackpropBaseline
 from ._checkpoint import (
     load_checkpoint as load_checkpoint,
@@ -11,7 +17,9 @@ from ._config import ConfigError as ConfigError, RunConfig as RunConfig
 from ._ct import NoPropCT as NoPropCT
 from ._dt import NoPropDT as NoPropDT, default_dt_strategy as default_dt_strategy
 from ._dt_step import (
+    DTTerms as DTTerms,
     default_dt_memory as default_dt_memory,
+    dt_local_terms as dt_local_terms,
     dt_value_and_grad as dt_value_and_grad,
     make_dt_step as make_dt_step,
 )
@@ -79,7 +87,9 @@ __all__ = [
     "cast_floating",
     "data",
     "default_compiler_options",
+    "DTTerms",
     "default_dt_memory",
+    "dt_local_terms",
     "default_dt_strategy",
     "default_steps_per_call",
     "dt_value_and_grad",

@@ -117,7 +117,7 @@ def dt_local_terms(
     y: Array,
     key: PRNGKeyArray,
     *,
-    unroll: int | bool = 1,
+    unroll: int | bool | str = 1,
     compute_dtype: Any = None,
     block_offset: int | Array = 0,
     batch_offset: int | Array = 0,
@@ -197,8 +197,21 @@ def dt_local_terms(
 
     zeros = jax.tree.map(jnp.zeros_like, head_grads)
     xs = (block_arrays, block_offset + jnp.arange(local_blocks), keys_drop)
-    block_shared_grads, (block_grads, per_block) = jax.lax.scan(body, zeros, xs, unroll=unroll)
-    return DTTerms(ce, kl, per_block, head_grads, block_shared_grads, block_grads)
+    if unroll != "sequential":
+        block_shared_grads, (block_grads, per_block) = jax.lax.scan(body, zeros, xs, unroll=unroll)
+        return DTTerms(ce, kl, per_block, head_grads, block_shared_grads, block_grads)
+    # Unrolled, one block after the other: an optimisation barrier makes block t's inputs wait
+    # for block t-1's gradients, so only one block's activations are ever alive.
+    carry, outputs, previous = zeros, [], None
+    for t in range(local_blocks):
+        inputs_t = jax.tree.map(lambda a, t=t: a[t], xs)
+        carry, previous, inputs_t = jax.lax.optimization_barrier((carry, previous, inputs_t))
+        if outputs:
+            outputs[-1] = previous
+        carry, previous = body(carry, inputs_t)
+        outputs.append(previous)
+    block_grads, per_block = jax.tree.map(lambda *a: jnp.stack(a), *outputs)
+    return DTTerms(ce, kl, per_block, head_grads, carry, block_grads)
 
 
 def make_dt_step(

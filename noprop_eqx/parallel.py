@@ -46,6 +46,7 @@ AXES = ("data", "blocks")
 __all__ = [
     "AXES",
     "MeshError",
+    "ParallelStep",
     "batch_sharding",
     "evaluate_accuracy",
     "gather",
@@ -80,7 +81,10 @@ def parse_mesh(spec: str) -> dict[str, int]:
         except ValueError:
             size = 0
         if size < 1:
-            raise MeshError(f"expected a positive size for the mesh axis {name!r}, got {value!r}")
+            raise MeshError(
+                f"expected a positive size for the mesh axis {name!r}, got {value!r} "
+                f"(in {spec!r}; the form is 'data=4,blocks=2')"
+            )
         sizes[name] = size
     return sizes
 
@@ -116,6 +120,8 @@ def model_shardings(model: PyTree, mesh: Mesh) -> PyTree:
     replicated. Errors if T does not divide by the `blocks` size, or a non-DT model is given a
     `blocks` axis larger than 1."""
     _, num_block_devices = _sizes(mesh)
+    if num_block_devices > 1:
+        _check_blocks(model, num_block_devices)
 
     def shard(leaf, spec):
         return NamedSharding(mesh, spec) if eqx.is_array(leaf) else None
@@ -123,6 +129,11 @@ def model_shardings(model: PyTree, mesh: Mesh) -> PyTree:
     shardings = jax.tree.map(lambda leaf: shard(leaf, P()), model)
     if num_block_devices == 1:
         return shardings
+    block_shardings = jax.tree.map(lambda leaf: shard(leaf, P("blocks")), model.blocks)
+    return eqx.tree_at(lambda m: m.blocks, shardings, block_shardings)
+
+
+def _check_blocks(model: PyTree, num_block_devices: int) -> None:
     if not isinstance(model, NoPropDT):
         raise MeshError(
             f"a mesh with blocks={num_block_devices} splits NoProp-DT's blocks, got a "
@@ -134,8 +145,6 @@ def model_shardings(model: PyTree, mesh: Mesh) -> PyTree:
             f"blocks={num_block_devices} does not divide the model's T={model.num_blocks} "
             f"blocks evenly; sizes that do: {works}"
         )
-    block_shardings = jax.tree.map(lambda leaf: shard(leaf, P("blocks")), model.blocks)
-    return eqx.tree_at(lambda m: m.blocks, shardings, block_shardings)
 
 
 def _opt_state_shardings(optimizer_state: PyTree, params_shardings: PyTree, mesh: Mesh) -> PyTree:
@@ -194,16 +203,17 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def shard_batch(batch: PyTree, mesh: Mesh, sharding: NamedSharding | None = None) -> PyTree:
     """Every array of `batch` (the GLOBAL batch, the same in every process) split by rows over
     the mesh's `data` axis. Each process puts only the rows its own devices hold."""
-    sharding = batch_sharding(mesh) if sharding is None else sharding
     num_data = mesh.shape["data"]
-
-    def put(leaf):
+    for leaf in jax.tree.leaves(batch):
         rows = np.shape(leaf)[0]
         if rows % num_data:
             raise MeshError(
                 f"expected a batch size divisible by the mesh's data={num_data}, got {rows} "
                 "rows: pick a batch size that is a multiple of it"
             )
+    sharding = batch_sharding(mesh) if sharding is None else sharding
+
+    def put(leaf):
         if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
             return leaf
         if jax.process_count() == 1:

@@ -16,6 +16,7 @@ import optax  # noqa: E402
 
 import noprop_eqx as npx  # noqa: E402
 from noprop_eqx import parallel  # noqa: E402
+from noprop_eqx.data import eval_batches  # noqa: E402
 
 STEPS = 5
 KEY = jr.key(0)
@@ -41,7 +42,8 @@ def params(model):
 def largest(a, b):
     """The largest |a - b| over leaves, relative to the largest |a| of that leaf."""
     return max(
-        float(np.max(np.abs(u - v)) / max(np.max(np.abs(u)), 1e-12)) for u, v in zip(a, b)
+        float(np.max(np.abs(u - v)) / max(np.max(np.abs(u)), 1e-12))
+        for u, v in zip(a, b, strict=True)
     )
 
 
@@ -81,8 +83,31 @@ def main(cases):
         (grad_ref, *_), _, _ = trajectory(model, unit, reference(unit))
         (p1_ref, p5_ref), loss_ref, model_ref = trajectory(model, sgd, reference(sgd))
         acc_ref = npx.evaluate_accuracy(model_ref, X, Y, batch_size=16)
-        # Labels = the single-device predictions: a mesh evaluation must score exactly 1.
-        predicted = np.asarray(model_ref.predict(X))
+        # Labels = the single-device predictions, stochastic where the variant has a sampler
+        # (DT's Eq. 3 with noise, CT/FM from z_0 ~ N(0, I)), batch by batch as
+        # evaluate_accuracy draws them: a mesh evaluation with the same key must score 1.
+        key = None if variant == "BP" else jr.key(7)
+        # A model whose predictions vary from image to image: the trained one's parameters,
+        # each moved by noise of its own size.
+        leaves, treedef = jax.tree.flatten(model_ref)
+        noise = iter(jr.split(jr.key(8), len(leaves)))
+        model_ref = jax.tree.unflatten(
+            treedef,
+            [
+                leaf + jr.normal(next(noise), leaf.shape) * (jnp.std(leaf) + 0.1)
+                if eqx.is_inexact_array(leaf)
+                else leaf
+                for leaf in leaves
+            ],
+        )
+        predicted = np.concatenate(
+            [
+                np.asarray(
+                    model_ref.predict(xb, **({} if key is None else dict(key=jr.fold_in(key, i))))
+                )[:n]
+                for i, (xb, _, n) in enumerate(eval_batches(X, Y, 16))
+            ]
+        )
         for data, blocks in meshes_here:
             if f"{variant} data={data},blocks={blocks}" not in cases and cases != ["all"]:
                 continue
@@ -94,11 +119,13 @@ def main(cases):
             (grad, *_), _, _ = trajectory(model, unit, make(unit), mesh)
             (p1, p5), losses, trained = trajectory(model, sgd, make(sgd), mesh)
             acc = parallel.evaluate_accuracy(trained, X, Y, mesh, batch_size=16)
-            agree = parallel.evaluate_accuracy(trained, X, predicted, mesh, batch_size=16)
+            agree = parallel.evaluate_accuracy(
+                model_ref, X, predicted, mesh, batch_size=16, key=key
+            )
             results[f"{variant} data={data},blocks={blocks}"] = dict(
                 gradients=largest(
-                    [a - b for a, b in zip(params(model), grad_ref)],
-                    [a - b for a, b in zip(params(model), grad)],
+                    [a - b for a, b in zip(params(model), grad_ref, strict=True)],
+                    [a - b for a, b in zip(params(model), grad, strict=True)],
                 ),
                 params_1=largest(p1_ref, p1),
                 params_5=largest(p5_ref, p5),
