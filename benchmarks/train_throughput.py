@@ -43,7 +43,11 @@ NETWORKS = {
     "resnet50": ("resnet50", (3, 32, 32), 10),
     "tiny": ("simple", (1, 12, 12), 10),  # --quick only
 }
-VARIANTS = ("DT", "DT-auto", "DT-blockwise", "DT-low", "CT", "FM", "backprop")
+VARIANTS = (
+    "DT", "DT-auto", "DT-blockwise", "DT-low", "DT-low-calls", "DT-low-scan", "CT", "FM",
+    "backprop",
+)  # fmt: skip
+DT_MEMORY_VARIANTS = ("DT-auto", "DT-blockwise", "DT-low", "DT-low-calls", "DT-low-scan")
 # DT with a fixed strategy (benchmarks/studies/dt_strategies.py compares them).
 DT_STRATEGY_VARIANTS = ("DT-loop", "DT-vmap", "DT-scan")
 
@@ -83,7 +87,7 @@ def build(
     """(model, loss_fn or None, step, flops_model): the model, its step, and the model whose
     lowered step gives the FLOPs (DT: the unrolled "loop" strategy)."""
     backbone, shape, classes = NETWORKS[network]
-    if variant in ("DT", "DT-auto", "DT-blockwise", "DT-low", *DT_STRATEGY_VARIANTS):
+    if variant in ("DT", *DT_MEMORY_VARIANTS, *DT_STRATEGY_VARIANTS):
         if variant in DT_STRATEGY_VARIANTS:
             strategy = variant.removeprefix("DT-")
         kwargs = {} if strategy is None else {"strategy": strategy}
@@ -91,7 +95,7 @@ def build(
             classes, shape, num_blocks=num_blocks, backbone=backbone, key=key, **kwargs
         )
         optimizer = npx.paper_optimizer(model)
-        if variant in ("DT-auto", "DT-low", "DT-blockwise"):
+        if variant in DT_MEMORY_VARIANTS:
             memory = variant.removeprefix("DT-")
             step = npx.make_dt_step(
                 optimizer,
@@ -169,12 +173,17 @@ def run_row(
     del flops_model
 
     start = time.perf_counter()
-    compiled = step.lower(model, opt_state, batch, step_keys[0]).compile()
-    compile_s = time.perf_counter() - start
     flops_source = "lowered HLO"
-    if flops is None:  # e.g. a JAX whose Lowered has no cost analysis: ask the executable
-        flops, flops_source = _common.flops_of(compiled), "compiled executable"
-    memory = _common.memory_stats(compiled)
+    if hasattr(step, "temp_bytes"):  # several compiled calls a step (make_dt_step "low-calls")
+        memory = dict(_common.memory_stats(None))
+        memory["temp_bytes"] = step.temp_bytes(model, opt_state, batch, step_keys[0])
+        compile_s = time.perf_counter() - start
+    else:
+        compiled = step.lower(model, opt_state, batch, step_keys[0]).compile()
+        compile_s = time.perf_counter() - start
+        if flops is None:  # e.g. a JAX whose Lowered has no cost analysis: ask the executable
+            flops, flops_source = _common.flops_of(compiled), "compiled executable"
+        memory = _common.memory_stats(compiled)
 
     # Correctness first: one step through the jitted function (it reuses the executable just
     # compiled), finite losses, parameters changed.
@@ -260,11 +269,14 @@ def ratios(rows: list[dict]) -> list[dict]:
             "compiler_options": copts,
             "compute_dtype": dtype,
         }
-        for dt in ("DT", "DT-auto", "DT-blockwise", "DT-low", *DT_STRATEGY_VARIANTS):
+        for dt in ("DT", *DT_MEMORY_VARIANTS, *DT_STRATEGY_VARIANTS):
             r = by.get((dt, network, batch, copts, dtype))
             if r is None:
                 continue
             entry[f"{dt}_time_over_backprop"] = r["ms_per_step"] / bp["ms_per_step"]
+            blockwise = by.get(("DT-blockwise", network, batch, copts, dtype))
+            if dt.startswith("DT-low") and blockwise is not None:
+                entry[f"{dt}_time_over_blockwise"] = r["ms_per_step"] / blockwise["ms_per_step"]
             t_dt, t_bp = r["memory_bytes"]["temp_bytes"], bp["memory_bytes"]["temp_bytes"]
             if t_dt is not None and t_bp:
                 entry[f"{dt}_temp_over_backprop"] = t_dt / t_bp

@@ -11,6 +11,7 @@ which is the fastest DT step measured on CPU. Either way the result equals
 random draws for the same key.
 """
 
+import functools
 from typing import Any, Literal, NamedTuple
 
 import equinox as eqx
@@ -30,11 +31,11 @@ from ._losses import (
     weighted_denoising_term,
 )
 from ._train import cast_floating, check_compute_dtype, donating_step, make_step
-from ._xla import CompilerOptions
+from ._xla import CompilerOptions, jit_options
 from .noise_schedules import alpha_bar_grid
 
-Memory = Literal["auto", "blockwise", "low", "default"]
-MEMORY_MODES = ("auto", "blockwise", "low", "default")
+Memory = Literal["auto", "blockwise", "low", "low-calls", "low-scan", "default"]
+MEMORY_MODES = ("auto", "blockwise", "low", "low-calls", "low-scan", "default")
 
 
 def default_dt_memory(backend: str | None = None) -> str:
@@ -117,7 +118,7 @@ def dt_local_terms(
     y: Array,
     key: PRNGKeyArray,
     *,
-    unroll: int | bool | str = 1,
+    unroll: int | bool = 1,
     compute_dtype: Any = None,
     block_offset: int | Array = 0,
     batch_offset: int | Array = 0,
@@ -197,19 +198,15 @@ def dt_local_terms(
 
     zeros = jax.tree.map(jnp.zeros_like, head_grads)
     xs = (block_arrays, block_offset + jnp.arange(local_blocks), keys_drop)
-    if unroll != "sequential":
+    if unroll is not True:
         block_shared_grads, (block_grads, per_block) = jax.lax.scan(body, zeros, xs, unroll=unroll)
         return DTTerms(ce, kl, per_block, head_grads, block_shared_grads, block_grads)
-    # Unrolled, one block after the other: an optimisation barrier makes block t's inputs wait
-    # for block t-1's gradients, so only one block's activations are ever alive.
-    carry, outputs, previous = zeros, [], None
+    # Unrolled as straight-line code, without `lax.scan`: a scan of length 1 stays a loop on
+    # XLA:CPU (jax 0.10), whose convolutions then run over ten times slower.
+    carry, outputs = zeros, []
     for t in range(local_blocks):
-        inputs_t = jax.tree.map(lambda a, t=t: a[t], xs)
-        carry, previous, inputs_t = jax.lax.optimization_barrier((carry, previous, inputs_t))
-        if outputs:
-            outputs[-1] = previous
-        carry, previous = body(carry, inputs_t)
-        outputs.append(previous)
+        carry, out = body(carry, jax.tree.map(lambda a, t=t: a[t], xs))
+        outputs.append(out)
     block_grads, per_block = jax.tree.map(lambda *a: jnp.stack(a), *outputs)
     return DTTerms(ce, kl, per_block, head_grads, carry, block_grads)
 
@@ -223,24 +220,32 @@ def make_dt_step(
 ):
     """`step(model, opt_state, batch, key) -> (model, opt_state, aux)` for NoProp-DT, with the
     signature and semantics of `make_step(NoPropDT.loss_fn, optimizer)`: the same loss, the same
-    gradients (up to float rounding) for the same key, one `eqx.filter_jit` region.
+    gradients (up to float rounding) for the same key.
 
     - `memory="auto"` (default): the fastest measured on the backend (`default_dt_memory`):
       "blockwise" on CPU, "default" elsewhere.
     - `memory="blockwise"`: one value-and-grad per block, unrolled
-      (`dt_value_and_grad(..., unroll=True)`). The fastest DT step on CPU, with less temporary
-      memory than "default".
-    - `memory="low"`: the per-block value-and-grad inside a rolled `lax.scan`, so the step's
-      temporary memory holds one block's activations rather than T's. Slow on XLA:CPU.
+      (`dt_value_and_grad(..., unroll=True)`). The fastest DT step on CPU.
+    - `memory="low"`: the smallest temporary memory, one block's activations at a time, in
+      the fastest form measured on the backend (`default_low_memory`): "low-calls" on CPU,
+      "low-scan" elsewhere.
+    - `memory="low-calls"`: one compiled call per block, each writing its block's gradient
+      into a gradient buffer in place, then one call for the optimiser update
+      (`BlockByBlockStep`). T + 1 dispatches a step.
+    - `memory="low-scan"`: the per-block value-and-grad inside a rolled `lax.scan`, one
+      compiled call. Slow on XLA:CPU, where convolutions in a loop body are slow.
     - `memory="default"`: `make_step(NoPropDT.loss_fn, optimizer)`, one value-and-grad of the
       whole loss, running the blocks as the model's `strategy` says.
 
+    All but "low-calls" are one `eqx.filter_jit` region (a `CompiledStep`).
     `compute_dtype` and `compiler_options` as for `make_step`.
     """
     if memory not in MEMORY_MODES:
         raise ValueError(f"expected memory to be one of {MEMORY_MODES}, got {memory!r}")
     if memory == "auto":
         memory = default_dt_memory()
+    if memory == "low":
+        memory = default_low_memory()
     if memory == "default":
         return make_step(
             NoPropDT.loss_fn,
@@ -248,8 +253,10 @@ def make_dt_step(
             compute_dtype=compute_dtype,
             compiler_options=compiler_options,
         )
-    unroll = memory == "blockwise"
     compute_dtype = check_compute_dtype(compute_dtype)
+    if memory == "low-calls":
+        return BlockByBlockStep(optimizer, compute_dtype, compiler_options)
+    unroll = memory == "blockwise"
 
     def step(model, opt_state, batch, key):
         (_, aux), grads = dt_value_and_grad(
@@ -260,3 +267,110 @@ def make_dt_step(
         return eqx.apply_updates(model, updates), opt_state, aux
 
     return donating_step(step, compiler_options)
+
+
+def default_low_memory(backend: str | None = None) -> str:
+    """What `make_dt_step(memory="low")` builds on `backend` (default: JAX's default backend):
+    "low-calls" on CPU, where a `lax.scan` over convolutions is slow (paper MNIST network,
+    batch 128, T = 10, 2-core CPU: see benchmarks/README.md), "low-scan" elsewhere (on an H200
+    the rolled scan took 7.3 ms a step against 3.84 for the default; "low-calls" is not
+    measured there)."""
+    backend = jax.default_backend() if backend is None else backend
+    return "low-calls" if backend == "cpu" else "low-scan"
+
+
+class BlockByBlockStep:
+    """NoProp-DT's step as T + 1 compiled calls: call t computes block t's terms of Eq. 8 (and
+    the CE + KL head in call 0) with `dt_local_terms` and adds them to a gradient buffer
+    in place (donated); the last call applies the optimiser. Only one block's activations are
+    alive at any time, and each call is straight-line code (no loop body), which XLA:CPU
+    runs at full speed. Same keys, loss and gradients as `dt_value_and_grad`.
+
+    `step(model, opt_state, batch, key) -> (model, opt_state, aux)`, like `CompiledStep`;
+    `temp_bytes(model, opt_state, batch, key)` is the step's temporary memory: the largest
+    call's temporaries plus the gradient buffer."""
+
+    def __init__(self, optimizer, compute_dtype=None, compiler_options: CompilerOptions = "auto"):
+        self.optimizer = optimizer
+        jit_kwargs = jit_options(compiler_options)
+
+        def block_call(inputs, grads, t):
+            model, x, y, key = inputs
+            blocks = eqx.filter(model.blocks, eqx.is_array)
+            one = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, t, 1), blocks)
+            model_t = eqx.tree_at(
+                lambda m: m.blocks,
+                model,
+                eqx.combine(one, eqx.filter(model.blocks, eqx.is_array, inverse=True)),
+            )
+            terms = dt_local_terms(
+                model_t, x, y, key, unroll=True, compute_dtype=compute_dtype, block_offset=t
+            )
+            first = (t == 0).astype(jnp.float32)
+            shared = jax.tree.map(
+                lambda g, h, b: g + first * h + b,
+                grads.shared,
+                terms.head_grads,
+                terms.block_shared_grads,
+            )
+            block_grads = jax.tree.map(
+                lambda g, b: jax.lax.dynamic_update_slice_in_dim(g, b, t, 0),
+                grads.blocks,
+                terms.block_grads,
+            )
+            return _Grads(shared, block_grads), (terms.ce, terms.kl, terms.per_block[0])
+
+        def update(model, opt_state, grads):
+            full = eqx.tree_at(
+                lambda m: m.blocks, grads.shared, grads.blocks, is_leaf=lambda n: n is None
+            )
+            params = eqx.filter(model, eqx.is_inexact_array)
+            updates, opt_state = optimizer.update(full, opt_state, params)
+            return eqx.apply_updates(model, updates), opt_state
+
+        self._block_call = eqx.filter_jit(block_call, donate="all-except-first", **jit_kwargs)
+        self._update = eqx.filter_jit(update, donate="all", **jit_kwargs)
+        self.fn = None  # not one function: no `scan` of several steps
+
+    def _zero_grads(self, model) -> "_Grads":
+        shared = eqx.filter(eqx.tree_at(lambda m: m.blocks, model, None), eqx.is_inexact_array)
+        blocks = eqx.filter(model.blocks, eqx.is_array)
+        zeros = functools.partial(jax.tree.map, lambda a: jnp.zeros(a.shape, a.dtype))
+        return _Grads(zeros(shared), zeros(blocks))
+
+    def __call__(self, model, opt_state, batch, key):
+        if not isinstance(model, NoPropDT):
+            raise TypeError(f"expected a NoPropDT model, got {type(model).__name__}")
+        x, y = check_batch(batch, model.image_shape, model.num_classes)
+        grads = self._zero_grads(model)
+        per_block = []
+        for t in range(model.num_blocks):
+            grads, (ce_t, kl_t, value_t) = self._block_call(
+                (model, x, y, key), grads, jnp.asarray(t)
+            )
+            if t == 0:
+                ce, kl = ce_t, kl_t
+            per_block.append(value_t)
+        per_block = jnp.stack(per_block)
+        denoise = 0.5 * model.num_blocks * model.eta * jnp.mean(per_block)
+        loss = ce + kl + denoise
+        aux = dict(loss=loss, ce=ce, kl=kl, denoise=denoise, denoise_per_block=per_block)
+        model, opt_state = self._update(model, opt_state, grads)
+        return model, opt_state, aux
+
+    def temp_bytes(self, model, opt_state, batch, key) -> int:
+        """The largest call's temporary bytes plus the gradient buffer's (XLA's estimate)."""
+        x, y = check_batch(batch, model.image_shape, model.num_classes)
+        grads = self._zero_grads(model)
+        calls = [
+            self._block_call.lower((model, x, y, key), grads, jnp.asarray(0)),
+            self._update.lower(model, opt_state, grads),
+        ]
+        temps = [c.lowered.compile().memory_analysis().temp_size_in_bytes for c in calls]
+        buffer = sum(a.nbytes for a in jax.tree.leaves(grads))
+        return int(max(temps) + buffer)
+
+
+class _Grads(NamedTuple):
+    shared: PyTree
+    blocks: PyTree
