@@ -320,7 +320,7 @@ class BlockByBlockStep:
             )
             return _Grads(shared, block_grads), (terms.ce, terms.kl, terms.per_block[0])
 
-        def update(model, opt_state, grads):
+        def update(grads, model, opt_state):
             full = eqx.tree_at(
                 lambda m: m.blocks, grads.shared, grads.blocks, is_leaf=lambda n: n is None
             )
@@ -329,7 +329,7 @@ class BlockByBlockStep:
             return eqx.apply_updates(model, updates), opt_state
 
         self._block_call = eqx.filter_jit(block_call, donate="all-except-first", **jit_kwargs)
-        self._update = eqx.filter_jit(update, donate="all", **jit_kwargs)
+        self._update = eqx.filter_jit(update, donate="all-except-first", **jit_kwargs)
         self.fn = None  # not one function: no `scan` of several steps
 
     def _zero_grads(self, model) -> "_Grads":
@@ -355,8 +355,12 @@ class BlockByBlockStep:
         denoise = 0.5 * model.num_blocks * model.eta * jnp.mean(per_block)
         loss = ce + kl + denoise
         aux = dict(loss=loss, ce=ce, kl=kl, denoise=denoise, denoise_per_block=per_block)
-        model, opt_state = self._update(model, opt_state, grads)
+        model, opt_state = self._update(grads, model, opt_state)
         return model, opt_state, aux
+
+    def num_compilations(self) -> int:
+        """The most executables any of the step's compiled calls holds (1 once warm)."""
+        return max(f._cached._cache_size() for f in (self._block_call, self._update))
 
     def temp_bytes(self, model, opt_state, batch, key) -> int:
         """The largest call's temporary bytes plus the gradient buffer's (XLA's estimate)."""
@@ -364,7 +368,7 @@ class BlockByBlockStep:
         grads = self._zero_grads(model)
         calls = [
             self._block_call.lower((model, x, y, key), grads, jnp.asarray(0)),
-            self._update.lower(model, opt_state, grads),
+            self._update.lower(grads, model, opt_state),
         ]
         temps = [c.lowered.compile().memory_analysis().temp_size_in_bytes for c in calls]
         buffer = sum(a.nbytes for a in jax.tree.leaves(grads))

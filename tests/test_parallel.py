@@ -53,10 +53,9 @@ def _check(results: dict) -> None:
     assert results, "the worker ran no case"
     for case, r in results.items():
         tol = TOLERANCE[case.split()[0]]
-        # Gradients of one step, parameters after 1 and 5 SGD steps, the loss of step 5.
+        # Parameters after 4 SGD steps, the gradients at step 5, the loss of step 5.
+        assert r["params_4"] < tol, (case, r)
         assert r["gradients"] < tol, (case, r)
-        assert r["params_1"] < tol, (case, r)
-        assert r["params_5"] < tol, (case, r)
         assert r["loss_5"] < tol, (case, r)
         # Evaluation on the mesh: the same accuracy; labels = the single-device predictions
         # score exactly 1 (and those predictions are not all one class).
@@ -67,9 +66,9 @@ def _check(results: dict) -> None:
 
 
 def test_mesh_steps_equal_the_single_device_step():
-    """DT on a 2-D mesh and with one block per device, FM data parallel: loss, gradients,
+    """DT on a 2-D mesh (blocks and data) and FM data parallel: loss, gradients,
     5-step trajectory and evaluation equal the single-device step's."""
-    _check(_run_worker("DT data=4,blocks=2", "DT data=1,blocks=10", "FM data=8,blocks=1"))
+    _check(_run_worker("DT data=4,blocks=2", "FM data=8,blocks=1"))
 
 
 @pytest.mark.slow

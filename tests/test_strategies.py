@@ -103,7 +103,7 @@ def test_low_memory_value_and_grad_differs_for_another_key(reference):
     assert float(loss2) != float(loss)
 
 
-@pytest.mark.parametrize("memory", ["low", "blockwise"])
+@pytest.mark.parametrize("memory", ["low-scan", "low-calls", "blockwise"])
 def test_per_block_steps_match_make_step(memory):
     model = _model("loop", embedding="one-hot")
     optimizer = optax.adamw(1e-3, weight_decay=1e-3)
@@ -152,9 +152,14 @@ def test_low_memory_step_uses_less_temp_memory():
 
     default = temp_bytes(npx.make_dt_step(optimizer, memory="default"))
     blockwise = temp_bytes(npx.make_dt_step(optimizer, memory="blockwise"))
-    low = temp_bytes(npx.make_dt_step(optimizer, memory="low"))
+    low = temp_bytes(npx.make_dt_step(optimizer, memory="low-scan"))
+    # One call per block: its largest call's temporaries plus the gradient buffer.
+    calls = npx.make_dt_step(optimizer, memory="low-calls").temp_bytes(
+        model, opt_state, batch, jr.key(0)
+    )
     assert low < 0.5 * default, (low, default)
     assert low < blockwise <= default, (low, blockwise, default)
+    assert calls < 0.5 * default, (calls, default)
 
 
 def test_bad_arguments():
