@@ -54,6 +54,25 @@ CASES = [
     ("zero stop-after", ["--stop-after", "0"], "--stop-after: expected a positive integer"),
     ("stop-after past epochs", ["--stop-after", "5", "--epochs", "2"], "--stop-after <= epochs"),
     ("unknown option", ["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ("mesh, bad form", ["--mesh", "data:4"], "--mesh: expected a mesh like 'data=4,blocks=2'"),
+    ("mesh, unknown axis", ["--mesh", "rows=2"], "axes data, blocks"),
+    ("mesh, zero size", ["--mesh", "data=0"], "positive size for the mesh axis 'data'"),
+    ("mesh, batch not divisible", ["--mesh", "data=3"], "--batch-size divisible by the mesh's"),
+    ("mesh, blocks for FM", ["--mesh", "blocks=2"], "splits NoProp-DT's blocks"),
+    (
+        "mesh, blocks do not divide T",
+        ["--variants", "DT", "--mesh", "blocks=3"],
+        "sizes that do: [1, 2, 5, 10]",
+    ),
+    ("mesh, too many devices", ["--mesh", "data=64"], "needs 64 devices, got 1"),
+    ("mesh, steps per call", ["--mesh", "data=2", "--steps-per-call", "4"], "one step per call"),
+    ("coordinator without mesh", ["--coordinator", "localhost:1"], "give --mesh too"),
+    (
+        "process id past count",
+        ["--mesh", "data=2", "--num-processes", "2", "--process-id", "2"],
+        "--process-id below num_processes (2)",
+    ),
+    ("zero cpu devices", ["--cpu-devices", "0"], "--cpu-devices: expected a positive integer"),
 ]
 
 
