@@ -177,6 +177,8 @@ def run_row(
     if hasattr(step, "temp_bytes"):  # several compiled calls a step (make_dt_step "low-calls")
         memory = dict(_common.memory_stats(None))
         memory["temp_bytes"] = step.temp_bytes(model, opt_state, batch, step_keys[0])
+        arrays = jax.tree.leaves(eqx.filter((model, opt_state, batch), eqx.is_array))
+        memory["argument_bytes"] = sum(a.nbytes for a in arrays)
         compile_s = time.perf_counter() - start
     else:
         compiled = step.lower(model, opt_state, batch, step_keys[0]).compile()

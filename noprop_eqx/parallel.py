@@ -37,8 +37,9 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from jaxtyping import PRNGKeyArray, PyTree
 
 from ._dt import NoPropDT
-from ._dt_step import dt_local_terms, finish_dt_terms
+from ._dt_step import default_low_memory, dt_local_terms, finish_dt_terms
 from ._train import CompiledStep, LossFn, check_compute_dtype, mixed_precision
+from ._xla import jit_options
 from .data import eval_batches
 
 AXES = ("data", "blocks")
@@ -297,9 +298,11 @@ def make_dt_step(
 ) -> ParallelStep:
     """NoProp-DT's step on a 2-D mesh, `jax.shard_map` over ("data", "blocks"): device (d, b)
     holds rows d of the batch and blocks b of the stacked blocks (T / blocks of them) and
-    computes only those blocks' Eq. 8 terms on those rows, as `dt_value_and_grad` does
-    (`memory="blockwise"`: the own blocks' gradients unrolled; "low": in a rolled `lax.scan`,
-    one block's activations alive at a time). Then:
+    computes only those blocks' Eq. 8 terms on those rows, as `dt_value_and_grad` does.
+    `memory`: "blockwise" (the own blocks' gradients unrolled, one call), or one block's
+    activations alive at a time: "low-calls" (one call per local block, each writing its
+    gradient into a donated buffer), "low-scan" (a rolled `lax.scan`, one call), "low" (the
+    one `noprop_eqx.default_low_memory` names for the backend). Then:
 
     - the own blocks' gradients are summed over `data` (an all-reduce of a 1/blocks share of
       the block parameters per device);
@@ -310,69 +313,161 @@ def make_dt_step(
     Equals `noprop_eqx.make_dt_step(optimizer)` on one device (same draws, same loss and
     gradients up to float rounding)."""
     num_data, num_block_devices = _sizes(mesh)
-    if memory not in ("blockwise", "low"):
-        raise ValueError(f"expected memory to be 'blockwise' or 'low', got {memory!r}")
-    unroll = memory == "blockwise"
+    if memory not in _MEMORY:
+        raise ValueError(f"expected memory to be one of {_MEMORY}, got {memory!r}")
+    if memory == "low":
+        memory = default_low_memory()
     compute_dtype = check_compute_dtype(compute_dtype)
+    local = functools.partial(
+        _local_terms, mesh=mesh, unroll=memory == "blockwise", compute_dtype=compute_dtype
+    )
+    if memory == "low-calls":
+        return _BlockByBlockMeshStep(optimizer, mesh, local, compiler_options)
 
-    def local(static, block_part, shared_part, x, y, key):
-        """On device (d, b): the own blocks' and rows' terms, then the sums across devices."""
-        model = eqx.combine(block_part, shared_part, static)
-        local_blocks = model.num_blocks // num_block_devices
-        terms = dt_local_terms(
-            model,
-            x,
-            y,
-            key,
-            unroll=unroll,
-            compute_dtype=compute_dtype,
-            block_offset=jax.lax.axis_index("blocks") * local_blocks,
-            batch_offset=jax.lax.axis_index("data") * x.shape[0],
-            global_batch=x.shape[0] * num_data,
-        )
-        # The head (CE + KL) is computed identically by every device of a `blocks` row: its
-        # share 1/blocks makes one sum over both axes count it once.
-        shared = jax.tree.map(
-            lambda h, b: h / num_block_devices + b, terms.head_grads, terms.block_shared_grads
-        )
-        shared = _psum(shared, ("data", "blocks"))
-        ce, kl = _psum((terms.ce, terms.kl), ("data",))
-        block_grads, per_block = _psum((terms.block_grads, terms.per_block), ("data",))
-        return ce, kl, per_block, shared, block_grads
-
-    def _psum(tree, axes):
-        """psum over the axes of more than one device (XLA keeps a trivial one)."""
-        axes = tuple(a for a in axes if mesh.shape[a] > 1)
-        return jax.lax.psum(tree, axes) if axes else tree
-
-    def sharded(static, *arrays):
-        return jax.shard_map(
+    def step(model, opt_state, batch, key):
+        x, y, params, static, block_part, shared_part = _split(model, batch, mesh)
+        ce, kl, per_block, shared_grads, block_grads = jax.shard_map(
             functools.partial(local, static),
             mesh=mesh,
             in_specs=(P("blocks"), P(), P("data"), P("data"), P()),
             out_specs=(P(), P(), P("blocks"), P(), P("blocks")),
-            # Local gradients, summed explicitly below: with check_vma=True, JAX would insert
-            # its own sums into the gradients of the replicated inputs, once per block.
+            # Local gradients, summed explicitly: with check_vma=True, JAX would insert its
+            # own sums into the gradients of the replicated inputs, once per block.
             check_vma=False,
-        )(*arrays)
-
-    def step(model, opt_state, batch, key):
-        if not isinstance(model, NoPropDT):
-            raise TypeError(f"expected a NoPropDT model, got {type(model).__name__}")
-        x, y = eqx.filter_shard(batch, batch_sharding(mesh))
-        params, static = eqx.partition(model, eqx.is_inexact_array)
-        # Two trees of the model's structure: the blocks' arrays only, the rest only.
-        block_part = eqx.tree_at(lambda m: m.blocks, _nones(params), params.blocks)
-        shared_part = eqx.tree_at(lambda m: m.blocks, params, _nones(params.blocks))
-        ce, kl, per_block, shared_grads, block_grads = sharded(
-            static, block_part, shared_part, x, y, key
-        )
+        )(block_part, shared_part, x, y, key)
         (_, aux), grads = finish_dt_terms(model, ce, kl, per_block, shared_grads, block_grads)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        model, opt_state = _constrain(eqx.apply_updates(model, updates), opt_state, mesh)
-        return model, opt_state, aux
+        return (*_update(optimizer, model, opt_state, params, grads, mesh), aux)
 
     return ParallelStep(step, mesh, compiler_options)
+
+
+_MEMORY = ("blockwise", "low", "low-calls", "low-scan")
+
+
+def _split(model, batch, mesh):
+    """The batch on the mesh, and the model as (params, static, blocks-only, shared-only)."""
+    if not isinstance(model, NoPropDT):
+        raise TypeError(f"expected a NoPropDT model, got {type(model).__name__}")
+    x, y = eqx.filter_shard(batch, batch_sharding(mesh))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    # Two trees of the model's structure: the blocks' arrays only, the rest only.
+    block_part = eqx.tree_at(lambda m: m.blocks, _nones(params), params.blocks)
+    shared_part = eqx.tree_at(lambda m: m.blocks, params, _nones(params.blocks))
+    return x, y, params, static, block_part, shared_part
+
+
+def _update(optimizer, model, opt_state, params, grads, mesh):
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return _constrain(eqx.apply_updates(model, updates), opt_state, mesh)
+
+
+def _psum(tree, axes, mesh):
+    """psum over the axes of more than one device (XLA keeps a trivial one)."""
+    axes = tuple(a for a in axes if mesh.shape[a] > 1)
+    return jax.lax.psum(tree, axes) if axes else tree
+
+
+def _local_terms(
+    static, block_part, shared_part, x, y, key, t=None, *, mesh, unroll, compute_dtype
+):
+    """Inside `shard_map`, on device (d, b): the terms of its own blocks (all of them, or only
+    its local block `t`) on its own rows, then the sums across devices."""
+    num_data, num_block_devices = _sizes(mesh)
+    model = eqx.combine(block_part, shared_part, static)
+    local_blocks = model.num_blocks // num_block_devices
+    offset = jax.lax.axis_index("blocks") * local_blocks
+    first = 1.0
+    if t is not None:  # one block: slice it out; the head counts in call t = 0 only
+        one = jax.tree.map(
+            lambda a: jax.lax.dynamic_slice_in_dim(a, t, 1),
+            eqx.filter(model.blocks, eqx.is_array),
+        )
+        rest = eqx.filter(model.blocks, eqx.is_array, inverse=True)
+        model = eqx.tree_at(lambda m: m.blocks, model, eqx.combine(one, rest))
+        offset, first = offset + t, (t == 0).astype(jnp.float32)
+    terms = dt_local_terms(
+        model,
+        x,
+        y,
+        key,
+        unroll=True if t is not None else unroll,
+        compute_dtype=compute_dtype,
+        block_offset=offset,
+        batch_offset=jax.lax.axis_index("data") * x.shape[0],
+        global_batch=x.shape[0] * num_data,
+    )
+    # The head (CE + KL) is computed identically by every device of a `blocks` row: its share
+    # 1/blocks makes one sum over both axes count it once.
+    shared = jax.tree.map(
+        lambda h, b: first * h / num_block_devices + b,
+        terms.head_grads,
+        terms.block_shared_grads,
+    )
+    shared = _psum(shared, ("data", "blocks"), mesh)
+    ce, kl = _psum((first * terms.ce, first * terms.kl), ("data",), mesh)
+    block_grads, per_block = _psum((terms.block_grads, terms.per_block), ("data",), mesh)
+    return ce, kl, per_block, shared, block_grads
+
+
+class _BlockByBlockMeshStep:
+    """`make_dt_step(..., memory="low-calls")` on a mesh: call t computes every device's local
+    block t (`shard_map`) and writes its gradient into a donated buffer in place; a last call
+    applies the optimiser. One block's activations per device at a time."""
+
+    def __init__(self, optimizer, mesh, local, compiler_options):
+        self.mesh, self.optimizer = mesh, optimizer
+        jit_kwargs = jit_options(compiler_options)
+
+        def block_call(inputs, buffer, t):
+            model, batch, key = inputs
+            x, y, _, static, block_part, shared_part = _split(model, batch, mesh)
+            gb_blocks, gb_shared, ce, kl = buffer
+
+            def on_device(block_part, shared_part, x, y, key, t, gb_blocks, gb_shared):
+                ce, kl, per_block, shared, block_grads = local(
+                    static, block_part, shared_part, x, y, key, t
+                )
+                gb_blocks = jax.tree.map(
+                    lambda g, b: jax.lax.dynamic_update_slice_in_dim(g, b, t, 0),
+                    gb_blocks,
+                    block_grads,
+                )
+                gb_shared = jax.tree.map(jnp.add, gb_shared, shared)
+                return gb_blocks, gb_shared, ce, kl, per_block
+
+            gb_blocks, gb_shared, ce_t, kl_t, per_block = jax.shard_map(
+                on_device,
+                mesh=mesh,
+                in_specs=(P("blocks"), P(), P("data"), P("data"), P(), P(), P("blocks"), P()),
+                out_specs=(P("blocks"), P(), P(), P(), P("blocks")),
+                check_vma=False,
+            )(block_part, shared_part, x, y, key, t, gb_blocks, gb_shared)
+            return (gb_blocks, gb_shared, ce + ce_t, kl + kl_t), per_block
+
+        def update(buffer, model, opt_state, per_block):
+            gb_blocks, shared, ce, kl = buffer
+            params = eqx.filter(model, eqx.is_inexact_array)
+            (_, aux), grads = finish_dt_terms(model, ce, kl, per_block, shared, gb_blocks)
+            return (*_update(optimizer, model, opt_state, params, grads, mesh), aux)
+
+        self._block_call = eqx.filter_jit(block_call, donate="all-except-first", **jit_kwargs)
+        self._update = eqx.filter_jit(update, donate="all-except-first", **jit_kwargs)
+
+    def __call__(self, model, opt_state, batch, key):
+        batch = shard_batch(batch, self.mesh)
+        num_block_devices = self.mesh.shape["blocks"]
+        local_blocks = model.num_blocks // num_block_devices
+        params = eqx.filter(model, eqx.is_inexact_array)
+        zeros = functools.partial(jax.tree.map, jnp.zeros_like)
+        shared = eqx.tree_at(lambda m: m.blocks, params, None)
+        buffer = (zeros(params.blocks), zeros(shared), jnp.zeros(()), jnp.zeros(()))
+        per_block = []
+        for t in range(local_blocks):
+            buffer, value = self._block_call((model, batch, key), buffer, jnp.asarray(t))
+            per_block.append(value)
+        # Call t gave block b * local_blocks + t of every blocks-device b: put them in order.
+        per_block = jnp.stack(per_block).T.reshape(-1)
+        return self._update(buffer, model, opt_state, per_block)
 
 
 def _nones(tree: PyTree) -> PyTree:

@@ -1,6 +1,7 @@
 """Run in a subprocess by tests/test_parallel.py with 10 CPU devices: every mesh's training step
 against the single-device step. Prints one JSON object: the largest differences found."""
 
+import functools
 import json
 import sys
 
@@ -69,13 +70,13 @@ def main(cases):
     # every parameter by exactly its gradient there. One compiled step per mesh.
     sgd = optax.sgd(lambda count: jnp.where(count == STEPS - 1, 1.0, 1e-3))
     meshes = [(8, 1), (4, 2), (1, 5), (1, 10), (2, 5)]
-    for variant in ("DT", "CT", "FM", "BP"):
+    for variant in ("DT", "DT-low-calls", "CT", "FM", "BP"):
         if not any(c.startswith(variant + " ") for c in cases) and cases != ["all"]:
             continue
-        model = build(variant)
-        if variant == "DT":
-            reference = npx.make_dt_step
-            meshes_here = meshes
+        model = build(variant.split("-")[0])
+        if variant.startswith("DT"):
+            reference = functools.partial(npx.make_dt_step, memory="blockwise")
+            meshes_here = meshes if variant == "DT" else [(4, 2), (1, 10)]
         else:
             loss = type(model).loss_fn
             reference = lambda opt, loss=loss: npx.make_step(loss, opt)  # noqa: E731
@@ -111,8 +112,9 @@ def main(cases):
             if f"{variant} data={data},blocks={blocks}" not in cases and cases != ["all"]:
                 continue
             mesh = parallel.make_mesh(data, blocks)
-            if variant == "DT":
-                make = lambda opt, mesh=mesh: parallel.make_dt_step(opt, mesh)  # noqa: E731
+            if variant.startswith("DT"):
+                memory = "blockwise" if variant == "DT" else "low-calls"
+                make = functools.partial(parallel.make_dt_step, mesh=mesh, memory=memory)
             else:
                 make = lambda opt, mesh=mesh, loss=loss: parallel.make_step(loss, opt, mesh)  # noqa: E731
             (p4, p5), losses, trained = trajectory(model, sgd, make(sgd), mesh)
@@ -129,7 +131,7 @@ def main(cases):
                 agreement=agree,
                 classes_predicted=len(set(predicted.tolist())),
                 block_sharding=str(jax.tree.leaves(trained.blocks)[0].sharding.spec)
-                if variant in ("DT", "BP")
+                if variant != "CT" and variant != "FM"
                 else None,
             )
     json.dump(results, sys.stdout)
