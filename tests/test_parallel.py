@@ -66,9 +66,9 @@ def _check(results: dict) -> None:
 
 
 def test_mesh_steps_equal_the_single_device_step():
-    """DT on a 2-D mesh (blocks and data) and FM data parallel: loss, gradients,
-    5-step trajectory and evaluation equal the single-device step's."""
-    _check(_run_worker("DT data=4,blocks=2", "FM data=8,blocks=1"))
+    """DT on a 2-D mesh (data=4 x blocks=2): loss, gradients, a 5-step trajectory and the
+    evaluation equal the single-device step's (`-m slow` runs every variant and mesh)."""
+    _check(_run_worker("DT data=4,blocks=2"))
 
 
 @pytest.mark.slow
@@ -210,3 +210,38 @@ def test_one_device_mesh_step_is_the_plain_step():
         strict=True,
     ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_a_run_resumes_on_another_mesh(tmp_path):
+    """A run trained on data=2 x blocks=2, resumed on one device, then on blocks=5, ends where
+    a run on one device throughout ends (constant learning rate: epochs may be added)."""
+    common = [
+        sys.executable, "-m", "noprop_eqx", "train", "--dataset", "digits", "--model", "simple",
+        "--variants", "DT", "--batch-size", "64", "--no-progress", "--inference-runs", "0",
+        "--resume",
+    ]  # fmt: skip
+    legs = [
+        ["--epochs", "1", "--mesh", "data=2,blocks=2", "--cpu-devices", "4"],
+        ["--epochs", "2"],
+        ["--epochs", "3", "--mesh", "blocks=5", "--cpu-devices", "5"],
+    ]
+    for leg in legs:
+        out = subprocess.run(
+            [*common, "--out", str(tmp_path / "moved"), *leg],
+            capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
+    out = subprocess.run(
+        [*common, "--out", str(tmp_path / "one"), "--epochs", "3"],
+        capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    like = npx.build_model(
+        "DT", num_classes=10, image_shape=(1, 8, 8), backbone="simple", key=jr.key(0)
+    )
+    epoch_moved, moved = _params(tmp_path / "moved" / "DT" / "checkpoint.eqx", like)
+    epoch_one, one = _params(tmp_path / "one" / "DT" / "checkpoint.eqx", like)
+    assert epoch_moved == epoch_one == 3
+    for a, b in zip(moved, one, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * max(np.max(np.abs(b)), 1e-6))
