@@ -143,7 +143,9 @@ def test_two_processes_train_like_one(tmp_path):
         for run in ("mesh", "one")
     ]
     assert rows[0]["test_accuracy"] == rows[1]["test_accuracy"]
-    np.testing.assert_allclose(rows[0]["loss"], rows[1]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(
+        rows[0]["train_loss"]["loss"], rows[1]["train_loss"]["loss"], rtol=1e-5
+    )
     config = json.loads((tmp_path / "mesh" / "DT" / "config.json").read_text())
     assert config["mesh"] == {"data": 2, "blocks": 2} and config["processes"] == 2
 
