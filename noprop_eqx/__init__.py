@@ -48,6 +48,13 @@ from ._losses import (
 )
 from ._records import RunFileError as RunFileError
 from ._run import TrainingDiverged as TrainingDiverged, train as train
+from ._seeds import (
+    SeedsStep as SeedsStep,
+    default_seeds_form as default_seeds_form,
+    make_seeds_step as make_seeds_step,
+    stack_trees as stack_trees,
+    unstack_tree as unstack_tree,
+)
 from ._solve import ODESolution as ODESolution, integrate as integrate
 from ._train import (
     CompiledStep as CompiledStep,
@@ -80,6 +87,11 @@ __all__ = [
     "NoPropDT",
     "NoPropFM",
     "ODESolution",
+    "SeedsStep",
+    "default_seeds_form",
+    "make_seeds_step",
+    "stack_trees",
+    "unstack_tree",
     "OneHotEmbedding",
     "PrototypeEmbedding",
     "augment_key",

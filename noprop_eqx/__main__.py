@@ -253,6 +253,16 @@ def _add_model_options(p) -> None:
 
 def _add_data_options(p) -> None:
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="train these seeds together, in one compiled step (the paper's protocol: 0 1 2); "
+        "seed S runs in OUT/seedS/, and each record holds the mean ± s.e. over all seeds' "
+        "stochastic runs",
+    )
     p.add_argument("--dataset", choices=DATASETS, default=DEFAULTS.dataset)
     p.add_argument(
         "--cifar100-labels",
@@ -332,6 +342,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     the option of the same name, except the negated flags and the paths."""
     special = dict(
         variants=tuple(args.variants),
+        seeds=None if args.seeds is None else tuple(args.seeds),
         verify_md5=not args.no_verify_md5,
         progress=not args.no_progress,
         out=str(args.out),

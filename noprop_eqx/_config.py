@@ -66,6 +66,7 @@ class RunConfig:
     steps_per_call: int | str = "auto"
     augment_shift: int = 0
     seed: int = 0
+    seeds: tuple[int, ...] | list[int] | None = None
     cifar100_labels: str = "fine"
     verify_md5: bool = True
     limit_train: int | None = None
@@ -95,6 +96,16 @@ class RunConfig:
         for v in upper:
             _expect(v in VARIANTS, f"variants among {VARIANTS}", v)
         object.__setattr__(self, "variants", upper)
+        if self.seeds is not None:
+            _expect(
+                isinstance(self.seeds, list | tuple)
+                and len(self.seeds) > 0
+                and all(_is_int(s) for s in self.seeds),
+                "seeds to be a non-empty list of integers or None",
+                self.seeds,
+            )
+            _expect(len(set(self.seeds)) == len(self.seeds), "seeds without repeats", self.seeds)
+            object.__setattr__(self, "seeds", tuple(self.seeds))
         object.__setattr__(self, "out", str(self.out))
         if self.results is not None:
             object.__setattr__(self, "results", str(self.results))
@@ -188,6 +199,11 @@ class RunConfig:
         self._check_devices()
 
     def _check_devices(self) -> None:
+        if self.seeds is not None and self.mesh is not None:
+            raise ConfigError(
+                "seeds: several seeds train in one step on one device; expected no --mesh "
+                f"with them, got mesh {self.mesh!r} (train each seed on the mesh with --seed)"
+            )
         for name in ("cpu_devices", "num_processes"):
             value = getattr(self, name)
             _expect(
@@ -262,6 +278,13 @@ class RunConfig:
     def resolved_prototype_scale(self) -> str | None:
         """None unless the embedding is "prototype", whose default scale is raw."""
         return None if self.embedding != "prototype" else self.prototype_scale or "raw"
+
+    def for_seed(self, seed: int) -> "RunConfig":
+        """This configuration for one of its `seeds`: that seed, its runs under `out/seed<S>`,
+        no results file (the seeds' records are appended together)."""
+        return self.replace(
+            seed=seed, seeds=None, out=str(self.out_dir / f"seed{seed}"), results=None
+        )
 
     def run_dir(self, variant: str) -> Path:
         """`out/<variant>` (one-hot) or `out/<variant>-<embedding>`."""

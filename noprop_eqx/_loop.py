@@ -11,7 +11,7 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 import diffrax
@@ -328,6 +328,82 @@ def train_epoch(
         num_batches=total,
     )
     return model, opt_state, stats
+
+
+def train_epoch_seeds(
+    step: Callable,
+    models: PyTree,
+    opt_states: PyTree,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    keys: Sequence[PRNGKeyArray],
+    epoch: int,
+    desc: str = "",
+    stream: TextIO | None = None,
+    progress: bool = True,
+    augment: Callable[..., Any] | None = None,
+) -> tuple[PyTree, PyTree, list[dict[str, Any]]]:
+    """`train_epoch` for several seeds at once: `step` is a `SeedsStep`, `models` and
+    `opt_states` are stacked along a leading seed axis, and seed i's batches and step keys
+    are exactly those `train_epoch(..., key=keys[i], epoch=epoch)` would use (its own data
+    order, augmentation and keys). Returns the stacked models and optimiser states and one
+    `stats` dict per seed (as `train_epoch`'s; the times are those of the joint epoch)."""
+    count = len(keys)
+    total = num_train_batches(len(x), batch_size)
+    streams = []
+    for key in keys:
+        k_shuffle, k_steps = epoch_keys(key, epoch)
+        batches = train_batches(x, y, batch_size, key=k_shuffle)
+        if augment is not None:
+            batches = _augmented(batches, augment, augment_key(key, epoch))
+        streams.append((batches, k_steps))
+    bar = ProgressBar(total, desc=desc, stream=stream) if progress else None
+    totals = None
+    start = time.perf_counter()
+    first_step = 0.0
+    for done in range(total):
+        chunk = [next(batches) for batches, _ in streams]
+        stack_x = np.stack if augment is None else jnp.stack
+        stacked = (stack_x([b[0] for b in chunk]), np.stack([b[1] for b in chunk]))
+        step_keys = jnp.stack([jr.fold_in(k_steps, done) for _, k_steps in streams])
+        models, opt_states, aux = step(models, opt_states, stacked, step_keys)
+        totals = aux if totals is None else jax.tree.map(jnp.add, totals, aux)
+        if done == 0:
+            jax.block_until_ready(totals)
+            first_step = time.perf_counter() - start
+        if bar is not None and bar.due(done + 1):
+            elapsed = time.perf_counter() - start
+            images = (done + 1) * batch_size * count
+            rate = _rate(done, batch_size * count, elapsed, first_step, images)
+            running = float(jnp.mean(totals["loss"])) / (done + 1)
+            bar.update(done + 1, loss=f"{running:.4f}", **{"img/s": f"{rate:.0f}"})
+    if totals is None:
+        raise ValueError("expected at least one training example, got none")
+    totals = jax.device_get(totals)
+    elapsed = time.perf_counter() - start
+    if bar is not None:
+        bar.close()
+    steady = (total - 1, elapsed - first_step) if total > 1 else (total, elapsed)
+    stats = [
+        dict(
+            loss_terms=_scalar_means(jax.tree.map(lambda a, i=i: a[i], totals), total),
+            time=elapsed,
+            first_step_time=first_step,
+            images_per_s=steady[0] * batch_size / max(steady[1], 1e-9),
+            num_batches=total,
+            seeds_in_step=count,
+        )
+        for i in range(count)
+    ]
+    return models, opt_states, stats
+
+
+def _augmented(batches, augment, k_augment):
+    """Batch i's images through `augment` with `fold_in(k_augment, i)`, as `train_epoch` does."""
+    for i, (bx, by) in enumerate(batches):
+        yield augment(bx, key=jr.fold_in(k_augment, i)), by
 
 
 def stochastic_accuracy(

@@ -82,12 +82,19 @@ def train(
     print(f"{ds} on {where}", file=log, flush=True)
     records = []
     for variant in config.variants:
-        record = train_variant(variant, config, ds, command=command, log=log, mesh=mesh)
-        if config.results is not None and _writes():
-            append_result(config.results, record)
+        if config.seeds is None:
+            done = [train_variant(variant, config, ds, command=command, log=log, mesh=mesh)]
+        else:
+            from ._run_seeds import train_variant_seeds
+
+            done = train_variant_seeds(variant, config, ds, command=command, log=log)
+        for record in done:
+            if config.results is not None and _writes():
+                append_result(config.results, record)
         if _writes():
-            plot_curves(config.out_dir)
-        records.append(record)
+            for seed in [None] if config.seeds is None else config.seeds:
+                plot_curves(config.out_dir if seed is None else config.for_seed(seed).out_dir)
+        records.extend(done)
     return records
 
 
@@ -157,7 +164,8 @@ def check_outputs(config: RunConfig) -> None:
     if config.results is not None:
         check_results_file(config.results)
     for variant in config.variants:
-        check_run_folder(variant, config)
+        for each in [config] if config.seeds is None else map(config.for_seed, config.seeds):
+            check_run_folder(variant, each)
 
 
 def check_run_folder(variant: str, config: RunConfig) -> None:
