@@ -19,6 +19,7 @@ from ._dt import NoPropDT as NoPropDT, default_dt_strategy as default_dt_strateg
 from ._dt_step import (
     DTTerms as DTTerms,
     default_dt_memory as default_dt_memory,
+    default_low_memory as default_low_memory,
     dt_local_terms as dt_local_terms,
     dt_value_and_grad as dt_value_and_grad,
     make_dt_step as make_dt_step,
@@ -100,6 +101,7 @@ __all__ = [
     "data",
     "default_compiler_options",
     "DTTerms",
+    "default_low_memory",
     "default_dt_memory",
     "dt_local_terms",
     "default_dt_strategy",
