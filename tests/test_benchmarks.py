@@ -23,6 +23,7 @@ TOOLS = {
     "train_throughput.py": ["--variants", "DT", "DT-low", "backprop"],
     "inference.py": ["--variants", "DT", "FM"],
     "torch_reference.py": [],
+    "seeds.py": ["--variants", "FM"],
 }
 # The one-off studies (benchmarks/studies/) and the epoch-time tool: their tests are marked
 # slow (`pytest -m slow`).
@@ -135,6 +136,24 @@ def test_train_throughput(runs):
     )
     # The low-memory step holds one block's activations at a time: less temporary memory.
     assert rows["DT-low"]["memory_bytes"]["temp_bytes"] < rows["DT"]["memory_bytes"]["temp_bytes"]
+
+
+def test_seeds(runs):
+    _, tmp_path = finish(runs, "seeds.py")
+    payload = load(tmp_path, "seeds")
+    rows = {row["seeds"]: row for row in payload["rows"]}
+    assert set(rows) == {1, 2}
+    for row in rows.values():
+        check_timing(row["seconds"])
+        median = row["seconds"]["median"]
+        assert row["ms_per_step"] == pytest.approx(median * 1e3)
+        assert row["images_per_s"] == pytest.approx(row["seeds"] * row["batch"] / median)
+        assert row["epoch_s"] == pytest.approx(469 * median)
+    assert rows[2]["time_over_one_seed"] == pytest.approx(
+        rows[2]["ms_per_step"] / rows[1]["ms_per_step"]
+    )
+    # Two seeds' step does twice one seed's work.
+    assert rows[2]["flops_per_step"] == pytest.approx(2 * rows[1]["flops_per_step"], rel=0.05)
 
 
 @pytest.mark.slow
