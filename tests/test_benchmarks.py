@@ -23,7 +23,6 @@ TOOLS = {
     "train_throughput.py": ["--variants", "DT", "DT-low", "backprop"],
     "inference.py": ["--variants", "DT", "FM"],
     "torch_reference.py": [],
-    "seeds.py": ["--variants", "FM"],
 }
 # The one-off studies (benchmarks/studies/) and the epoch-time tool: their tests are marked
 # slow (`pytest -m slow`).
@@ -33,6 +32,7 @@ STUDIES = {
     "epoch_time.py": ["--variants", "DT", "--steps-per-call", "2", "--modes", "host", "host-scan"],
     "conv_kernels.py": [],
     "pool_order.py": ["--variants", "DT-blockwise"],
+    "seeds.py": ["--variants", "FM"],
 }
 
 
@@ -138,8 +138,9 @@ def test_train_throughput(runs):
     assert rows["DT-low"]["memory_bytes"]["temp_bytes"] < rows["DT"]["memory_bytes"]["temp_bytes"]
 
 
-def test_seeds(runs):
-    _, tmp_path = finish(runs, "seeds.py")
+@pytest.mark.slow
+def test_seeds(study_runs):
+    _, tmp_path = finish(study_runs, "seeds.py")
     payload = load(tmp_path, "seeds")
     rows = {row["seeds"]: row for row in payload["rows"]}
     assert set(rows) == {1, 2}

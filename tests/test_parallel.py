@@ -191,6 +191,7 @@ class _FakeMesh:
         self.shape = {"data": data, "blocks": blocks}
 
 
+@pytest.mark.slow
 def test_one_device_mesh_step_is_the_plain_step():
     """On a 1 x 1 mesh (this process's one device) the DT step is the single-device one."""
     model = npx.NoPropDT(10, (1, 8, 8), num_blocks=2, backbone="simple", key=jr.key(0))

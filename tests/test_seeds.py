@@ -41,7 +41,7 @@ def test_seeds_step_equals_separate_steps(cls, form):
     per batch gives each model the parameters of its own three single steps."""
     data = load_digits()
     optimizer = optax.adamw(1e-3)
-    extra = dict(num_blocks=3) if cls is npx.NoPropDT else {}
+    extra = dict(num_blocks=2) if cls is npx.NoPropDT else {}
     models = [
         cls(10, SHAPE, backbone="simple", embedding="learned", embed_dim=6, key=k, **extra)
         for k in jr.split(jr.key(0), 3)
@@ -91,6 +91,7 @@ def _metrics(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_cli_seeds_equal_separate_runs_and_resume(tmp_path):
     """`--seeds 3 5`, stopped after epoch 1 and resumed, ends as two separate runs with
     `--seed 3` and `--seed 5` do: the same per-epoch losses and accuracies, the same

@@ -79,12 +79,14 @@ def test_each_variant_learns_digits(cls):
         pytest.skip("DT's learning test runs on real MNIST here (test_dt_learns_real_mnist_subset)")
     data = load_digits()
     model = cls(10, SHAPE, backbone="simple", key=jr.key(0))
-    # CT learns more slowly: 25 epochs give 0.89-0.96 over seeds 0-2, 60 epochs 0.97-0.98.
-    # DT learns fastest: 10 epochs gave 0.969-0.976 over model keys 0-2 (make_dt_step).
-    epochs = {npx.NoPropDT: 10, npx.NoPropCT: 60, npx.NoPropFM: 25}[cls]
+    # CT learns more slowly: 25 epochs gave 0.89-0.96 over seeds 0-2 (60 epochs 0.97-0.98), so
+    # its threshold sits 4 points under the lowest of those. DT learns fastest: 10 epochs gave
+    # 0.969-0.976 over model keys 0-2 (make_dt_step). Chance is 0.10.
+    epochs = {npx.NoPropDT: 10, npx.NoPropCT: 25, npx.NoPropFM: 25}[cls]
+    threshold = {npx.NoPropDT: 0.90, npx.NoPropCT: 0.85, npx.NoPropFM: 0.90}[cls]
     model = _train(model, data, epochs, jr.key(1))
     accuracy = npx.evaluate_accuracy(model, data.x_test, data.y_test)
-    assert accuracy >= 0.90, f"{cls.__name__}: {accuracy:.3f}"
+    assert accuracy >= threshold, f"{cls.__name__}: {accuracy:.3f}"
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(), reason="no ../shared/data/mnist here")
