@@ -387,11 +387,7 @@ def train_epochs(run: _Run, config: RunConfig, ds: data_lib.ImageDataset, log: T
     """The epochs from the checkpoint's to `stop_after` (or `epochs`): train, evaluate, check
     for divergence, checkpoint, record."""
     predict_kwargs = solver_kwargs(run.variant, config.eval_solver, config.eval_steps)
-    augment = None
-    if config.augment_shift > 0:
-        augment = functools.partial(
-            data_lib.random_shift, max_shift=config.augment_shift, fill=ds.background
-        )
+    augment = run_augmentation(config, ds)
     last = config.epochs if config.stop_after is None else config.stop_after
     for epoch in range(run.epoch + 1, last + 1):
         model, opt_state, stats = train_epoch(
@@ -400,25 +396,53 @@ def train_epochs(run: _Run, config: RunConfig, ds: data_lib.ImageDataset, log: T
             desc=f"[{run.variant}] epoch {epoch}/{config.epochs}", stream=log,
             progress=config.progress, steps_per_call=config.steps_per_call, augment=augment,
         )  # fmt: skip
-        loss = stats["loss_terms"]["loss"]
-        if not (np.isfinite(loss) and _all_finite(model)):
-            raise TrainingDiverged(
-                f"[{run.variant}] epoch {epoch}: the training loss is {loss} or a parameter is "
-                f"not finite; stopped without saving it. The checkpoint of epoch {epoch - 1} "
-                f"is kept in {run.run_dir}: lower --lr, check the data, or resume from it"
-            )
-        tic = time.perf_counter()
-        run.model, run.opt_state = model, opt_state
-        accuracy = _evaluate(run, ds.x_test, ds.y_test, **predict_kwargs)
-        eval_time = time.perf_counter() - tic
-        run.epoch = epoch
-        _save(run)
-        run.history.append(_epoch_row(run.history, epoch, stats, accuracy, eval_time))
-        if _writes():
-            write_metrics(run.run_dir / "metrics.jsonl", run.history)
-        print(_epoch_line(run.variant, config.epochs, run.history[-1], stats), file=log, flush=True)
+        line = end_epoch(run, epoch, model, opt_state, stats, ds, predict_kwargs, config)
+        print(line, file=log, flush=True)
     if not run.history:
         raise RunFileError(f"{run.run_dir} has no completed epoch")
+
+
+def run_augmentation(config: RunConfig, ds: data_lib.ImageDataset):
+    """The run's `augment(images, *, key)`, or None without `augment_shift`."""
+    if config.augment_shift == 0:
+        return None
+    return functools.partial(
+        data_lib.random_shift, max_shift=config.augment_shift, fill=ds.background
+    )
+
+
+def end_epoch(
+    run: _Run,
+    epoch: int,
+    model,
+    opt_state,
+    stats: dict,
+    ds,
+    predict_kwargs: dict,
+    config,
+    label: str | None = None,
+) -> str:
+    """After a training epoch: refuse a diverged model (the last checkpoint stays), evaluate,
+    checkpoint, record the metrics; returns the epoch's log line. `label` names the run in the
+    divergence message (default: the variant)."""
+    loss = stats["loss_terms"]["loss"]
+    if not (np.isfinite(loss) and _all_finite(model)):
+        who = run.variant if label is None else label
+        raise TrainingDiverged(
+            f"[{who}] epoch {epoch}: the training loss is {loss} or a parameter is not finite; "
+            f"stopped without saving it. The checkpoint of epoch {epoch - 1} is kept in "
+            f"{run.run_dir}: lower --lr, check the data, or resume from it"
+        )
+    tic = time.perf_counter()
+    run.model, run.opt_state = model, opt_state
+    accuracy = _evaluate(run, ds.x_test, ds.y_test, **predict_kwargs)
+    eval_time = time.perf_counter() - tic
+    run.epoch = epoch
+    _save(run)
+    run.history.append(_epoch_row(run.history, epoch, stats, accuracy, eval_time))
+    if _writes():
+        write_metrics(run.run_dir / "metrics.jsonl", run.history)
+    return _epoch_line(run.variant, config.epochs, run.history[-1], stats)
 
 
 def _save(run: _Run) -> None:

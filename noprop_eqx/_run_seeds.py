@@ -1,8 +1,6 @@
 """`noprop-eqx train --seeds 0 1 2`: the seeds' runs of one variant trained together, one
 compiled step for all of them (`make_seeds_step`), each seed in its own run folder."""
 
-import functools
-import time
 from typing import TextIO
 
 import numpy as np
@@ -11,18 +9,8 @@ from . import data as data_lib
 from ._config import RunConfig
 from ._loop import solver_kwargs, train_epoch_seeds
 from ._machine import git_commit
-from ._records import RunFileError, write_json, write_metrics
-from ._run import (
-    TrainingDiverged,
-    _all_finite,
-    _epoch_line,
-    _epoch_row,
-    _evaluate,
-    _Run,
-    _save,
-    final_record,
-    start_run,
-)
+from ._records import RunFileError, write_json
+from ._run import _Run, end_epoch, final_record, run_augmentation, start_run
 from ._seeds import make_seeds_step, stack_trees, unstack_tree
 
 
@@ -43,7 +31,7 @@ def train_variant_seeds(
             ": resume the ones behind alone (--seed S --out OUT/seedS --resume --stop-after "
             f"{epochs[-1]}) first"
         )
-    _train_epochs(runs, config, ds, log)
+    _train_epochs(runs, configs, config, ds, log)
     records = [
         final_record(run, c, ds, command=command, commit=commit, log=log)
         for run, c in zip(runs, configs, strict=True)
@@ -90,18 +78,14 @@ def protocol_statistic(records: list[dict]) -> dict:
     )
 
 
-def _train_epochs(runs: list[_Run], config: RunConfig, ds: data_lib.ImageDataset, log) -> None:
+def _train_epochs(runs: list[_Run], configs: list[RunConfig], config: RunConfig, ds, log) -> None:
     """`train_epochs` for the seeds' runs together: one `SeedsStep` call per batch."""
     first = runs[0]
     if getattr(first.step, "fn", None) is None:
         raise RunFileError(f"[{first.variant}] this step cannot train several seeds in one call")
     step = make_seeds_step(first.step)
     predict_kwargs = solver_kwargs(first.variant, config.eval_solver, config.eval_steps)
-    augment = None
-    if config.augment_shift > 0:
-        augment = functools.partial(
-            data_lib.random_shift, max_shift=config.augment_shift, fill=ds.background
-        )
+    augment = run_augmentation(config, ds)
     last = config.epochs if config.stop_after is None else config.stop_after
     count = len(runs)
     for epoch in range(first.epoch + 1, last + 1):
@@ -119,24 +103,10 @@ def _train_epochs(runs: list[_Run], config: RunConfig, ds: data_lib.ImageDataset
             progress=config.progress,
             augment=augment,
         )
-        for run, model, state, stat in zip(
-            runs, unstack_tree(models, count), unstack_tree(states, count), stats, strict=True
-        ):
-            loss = stat["loss_terms"]["loss"]
-            if not (np.isfinite(loss) and _all_finite(model)):
-                raise TrainingDiverged(
-                    f"[{run.variant}, seed {run.settings['seed']}] epoch {epoch}: the training "
-                    f"loss is {loss} or a parameter is not finite; stopped without saving it. "
-                    f"The checkpoints of epoch {epoch - 1} are kept"
-                )
-            tic = time.perf_counter()
-            run.model, run.opt_state, run.epoch = model, state, epoch
-            accuracy = _evaluate(run, ds.x_test, ds.y_test, **predict_kwargs)
-            eval_time = time.perf_counter() - tic
-            _save(run)
-            run.history.append(_epoch_row(run.history, epoch, stat, accuracy, eval_time))
-            write_metrics(run.run_dir / "metrics.jsonl", run.history)
-            line = _epoch_line(run.variant, config.epochs, run.history[-1], stat)
-            print(
-                f"{line} | seed {run.settings['seed']} ({count} in one step)", file=log, flush=True
-            )
+        for run, c, model, state, stat in zip(
+            runs, configs, unstack_tree(models, count), unstack_tree(states, count), stats,
+            strict=True,
+        ):  # fmt: skip
+            label = f"{run.variant}, seed {c.seed}"
+            line = end_epoch(run, epoch, model, state, stat, ds, predict_kwargs, c, label)
+            print(f"{line} | seed {c.seed} ({count} in one step)", file=log, flush=True)
