@@ -65,6 +65,7 @@ def _check(results: dict) -> None:
             assert r["block_sharding"] == "P('blocks',)", (case, r)
 
 
+@pytest.mark.slow
 def test_mesh_steps_equal_the_single_device_step():
     """DT on a 2-D mesh (data=4 x blocks=2): loss, gradients, a 5-step trajectory and the
     evaluation equal the single-device step's (`-m slow` runs every variant and mesh)."""
