@@ -187,12 +187,20 @@ def _put(tree: PyTree, shardings: PyTree) -> PyTree:
     def put(leaf, sharding):
         if sharding is None or not eqx.is_array(leaf):
             return leaf
-        if jax.process_count() == 1:
-            return jax.device_put(leaf, sharding)
-        host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+        return _put_leaf(leaf, sharding)
 
     return jax.tree.map(put, tree, shardings, is_leaf=lambda n: n is None)
+
+
+def _put_leaf(leaf, sharding: NamedSharding) -> jax.Array:
+    """`leaf` (the full array, the same in every process) on `sharding`; each process puts
+    only the parts its own devices hold."""
+    if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+        return leaf
+    if jax.process_count() == 1:
+        return jax.device_put(leaf, sharding)
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -213,16 +221,7 @@ def shard_batch(batch: PyTree, mesh: Mesh, sharding: NamedSharding | None = None
                 "rows: pick a batch size that is a multiple of it"
             )
     sharding = batch_sharding(mesh) if sharding is None else sharding
-
-    def put(leaf):
-        if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
-            return leaf
-        if jax.process_count() == 1:
-            return jax.device_put(leaf, sharding)
-        host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    return jax.tree.map(put, batch)
+    return jax.tree.map(lambda leaf: _put_leaf(leaf, sharding), batch)
 
 
 class ParallelStep:
