@@ -10,6 +10,8 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
 from ._checks import check_batch, check_images, check_time
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
 from ._losses import (
+    check_t_sampling,
+    sample_times,
     expected_embedding,
     kl_to_standard_normal,
     readout_cross_entropy,
@@ -31,6 +33,7 @@ class NoPropCT(eqx.Module):
     readout: eqx.nn.Linear
     schedule: AbstractNoiseSchedule
     eta: float = eqx.field(static=True)
+    t_sampling: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -42,6 +45,7 @@ class NoPropCT(eqx.Module):
         embed_dim: int = 20,
         schedule: AbstractNoiseSchedule | None = None,
         eta: float = 1.0,
+        t_sampling: str = "uniform",
         key: PRNGKeyArray,
     ):
         k_embed, k_net, k_schedule = jr.split(key, 3)
@@ -57,6 +61,7 @@ class NoPropCT(eqx.Module):
         self.readout = nearest_embedding_readout(self.embedding)
         self.schedule = LearnedNoiseSchedule(key=k_schedule) if schedule is None else schedule
         self.eta = eta
+        self.t_sampling = check_t_sampling(t_sampling)
 
     @property
     def num_classes(self) -> int:
@@ -81,7 +86,7 @@ class NoPropCT(eqx.Module):
         k_t, k_z, k_z1, k_drop = jr.split(key, 4)
         w_embed = self.embedding.matrix()
         u_y = w_embed[y]
-        t = jr.uniform(k_t, (batch_size,))
+        t = sample_times(k_t, batch_size, self.t_sampling)
         alpha_bar = jax.vmap(self.schedule.alpha_bar)(t)
         snr_prime = jax.vmap(self.schedule.snr_prime)(t)
         z_t = jax.vmap(lambda u, ab, k: sample_q(u, ab, key=k))(

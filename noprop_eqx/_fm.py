@@ -9,7 +9,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
 
 from ._checks import check_batch, check_images, check_time
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
-from ._losses import flow_matching_term, readout_cross_entropy
+from ._losses import check_t_sampling, flow_matching_term, readout_cross_entropy, sample_times
 from ._solve import ODESolution, integrate
 from .models import AbstractBackbone, apply_batched, decode_batched, encode_batched
 from .models._factory import BackboneSpec, make_backbone
@@ -24,6 +24,7 @@ class NoPropFM(eqx.Module):
     embedding: AbstractClassEmbedding
     readout: eqx.nn.Linear
     sigma: float = eqx.field(static=True)
+    t_sampling: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -34,6 +35,7 @@ class NoPropFM(eqx.Module):
         embedding: str | AbstractClassEmbedding = "one-hot",
         embed_dim: int = 20,
         sigma: float = 0.0,
+        t_sampling: str = "uniform",
         key: PRNGKeyArray,
     ):
         if sigma < 0:
@@ -50,6 +52,7 @@ class NoPropFM(eqx.Module):
         )
         self.readout = nearest_embedding_readout(self.embedding)
         self.sigma = sigma
+        self.t_sampling = check_t_sampling(t_sampling)
 
     @property
     def num_classes(self) -> int:
@@ -74,7 +77,7 @@ class NoPropFM(eqx.Module):
         k_t, k_z0, k_eps, k_drop = jr.split(key, 4)
         w_embed = self.embedding.matrix()
         u_y = w_embed[y]
-        t = jr.uniform(k_t, (batch_size,))
+        t = sample_times(k_t, batch_size, self.t_sampling)
         z_0 = jr.normal(k_z0, u_y.shape)
         z_t = t[:, None] * u_y + (1.0 - t[:, None]) * z_0
         if self.sigma > 0:

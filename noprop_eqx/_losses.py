@@ -34,6 +34,29 @@ def kl_to_standard_normal(
     )
 
 
+T_SAMPLING = ("uniform", "stratified")
+
+
+def check_t_sampling(t_sampling: str) -> str:
+    if t_sampling not in T_SAMPLING:
+        raise ValueError(
+            f"expected t_sampling to be one of {T_SAMPLING}, got {t_sampling!r}: 'uniform' draws "
+            "each example's t on its own (the paper), 'stratified' spreads the batch's t evenly"
+        )
+    return t_sampling
+
+
+def sample_times(key: PRNGKeyArray, batch_size: int, t_sampling: str = "uniform") -> Float[Array, " batch"]:
+    """Each example's t ~ U[0, 1]. "uniform": independent draws (the paper). "stratified": one
+    shared offset u ~ U[0, 1) and t_i = (u + i / B) mod 1 (the low-discrepancy sampler of
+    Kingma et al. 2021): every t is still U[0, 1], so the loss's expectation is unchanged,
+    but the batch covers [0, 1] evenly and the estimate varies less between batches."""
+    if t_sampling == "uniform":
+        return jr.uniform(key, (batch_size,))
+    offset = jr.uniform(key, ())
+    return jnp.mod(offset + jnp.arange(batch_size) / batch_size, 1.0)
+
+
 def weighted_denoising_term(
     u_hat: Float[Array, " dim"], u_y: Float[Array, " dim"], weight: Float[ArrayLike, ""]
 ) -> Float[Array, ""]:

@@ -1,0 +1,153 @@
+"""Where the paper's stochastic NoProp-DT read-out loses accuracy against the deterministic
+chain, block by block (issue 18, finding 4).
+
+Eq. 3 has T + 1 sources of randomness: the start z_0 ~ N(0, I) and the noise √c_t ε_t added
+after each block t. On a trained DT run folder the script measures the accuracy of:
+
+- the deterministic chain (z_0 = 0, every ε_t = 0) and the paper's chain (all noise on);
+- the chain with only z_0 random, and, for each block k, with only ε_k on: where the noise
+  hurts;
+- the read-out of each intermediate z_t along the deterministic and the paper's chain, and the
+  argmax of each block's own class logits: where along the chain the class is decided.
+
+Stochastic figures are means over `--runs` runs on the same test images.
+
+    python benchmarks/studies/dt_noise_gap.py --run-dir runs/protocol/seed0/DT \\
+        --dataset mnist --data-dir DATA --runs 5
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import _common  # noqa: E402
+
+import noprop_eqx as npx  # noqa: E402
+from noprop_eqx._losses import expected_embedding  # noqa: E402
+from noprop_eqx.models import apply_batched  # noqa: E402
+from noprop_eqx.noise_schedules import alpha_bar_grid, posterior_coefficients  # noqa: E402
+
+
+@jax.jit
+def chain(model, x, z0, noise):
+    """Eq. 3 with the given start and per-block noise (T, batch, dim); returns every block's
+    class logits and the readout's logits of every intermediate z_t, t = 1..T."""
+    a, b, c = posterior_coefficients(alpha_bar_grid(model.schedule, model.num_blocks))
+    w_embed = model.embedding.matrix()
+    z = z0
+    block_logits, readout_logits = [], []
+    for t in range(model.num_blocks):
+        logits = apply_batched(model.block(t), z, x)
+        u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
+        z = a[t] * u_hat + b[t] * z + jnp.sqrt(c[t]) * noise[t]
+        block_logits.append(logits)
+        readout_logits.append(jax.vmap(model.readout)(z))
+    return jnp.stack(block_logits), jnp.stack(readout_logits)
+
+
+def correct(model, x, y, key, mask_start: bool, mask_blocks, batch=1000):
+    """Per-step correctness (T,) of the block argmax and of the readout of z_t, summed over
+    images: start and noise drawn from `key`, then kept only where the masks say."""
+    T, dim = model.num_blocks, model.embedding.dim
+    mask_blocks = jnp.asarray(mask_blocks, dtype=float)[:, None, None]
+    blocks, readouts = np.zeros(T), np.zeros(T)
+    for i in range(0, len(x), batch):
+        xb, yb = jnp.asarray(x[i : i + batch]), np.asarray(y[i : i + batch])
+        k0, k_eps = jr.split(jr.fold_in(key, i))
+        z0 = jr.normal(k0, (len(yb), dim)) * float(mask_start)
+        noise = jr.normal(k_eps, (T, len(yb), dim)) * mask_blocks
+        bl, rl = chain(model, xb, z0, noise)
+        blocks += (np.asarray(jnp.argmax(bl, -1)) == yb).sum(axis=1)
+        readouts += (np.asarray(jnp.argmax(rl, -1)) == yb).sum(axis=1)
+    return blocks / len(x), readouts / len(x)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--limit-test", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="JSON path (default: print only)")
+    args = parser.parse_args()
+
+    ds = npx.data.load_dataset(args.dataset, args.data_dir)
+    model, _, epoch, _, config = npx.load_run(args.run_dir, ds)
+    if config["variant"] != "DT":
+        raise SystemExit(f"expected a NoProp-DT run folder, got variant {config['variant']}")
+    x, y = ds.x_test[: args.limit_test], ds.y_test[: args.limit_test]
+    T = model.num_blocks
+    _, _, c = posterior_coefficients(alpha_bar_grid(model.schedule, T))
+    tic = time.perf_counter()
+    keys = jr.split(jr.key(args.seed), args.runs)
+
+    def mean_over_runs(mask_start, mask_blocks):
+        out = [correct(model, x, y, k, mask_start, mask_blocks) for k in keys]
+        blocks = np.mean([o[0] for o in out], axis=0)
+        readouts = np.array([o[1] for o in out])
+        final = readouts[:, -1]
+        return dict(
+            accuracy=round(100 * float(final.mean()), 3),
+            se=round(100 * float(final.std(ddof=1) / np.sqrt(len(final))), 3),
+            block_argmax=(100 * blocks).round(2).tolist(),
+            readout_of_z_t=(100 * readouts.mean(axis=0)).round(2).tolist(),
+        )
+
+    det_blocks, det_readouts = correct(model, x, y, keys[0], False, np.zeros(T))
+    deterministic = dict(
+        accuracy=round(100 * float(det_readouts[-1]), 3),
+        block_argmax=(100 * det_blocks).round(2).tolist(),
+        readout_of_z_t=(100 * det_readouts).round(2).tolist(),
+    )
+    paper = mean_over_runs(True, np.ones(T))
+    start_only = mean_over_runs(True, np.zeros(T))
+    per_block = []
+    for k in range(T):
+        r = mean_over_runs(False, np.eye(T)[k])
+        per_block.append(
+            dict(block=k + 1, sqrt_c=round(float(jnp.sqrt(c[k])), 4), accuracy=r["accuracy"],
+                 se=r["se"], drop=round(deterministic["accuracy"] - r["accuracy"], 3))
+        )
+    result = dict(
+        run_dir=npx._records.portable_path(Path(args.run_dir)),
+        epoch=epoch,
+        embedding=config["embedding"],
+        dataset=ds.name,
+        test_images=len(y),
+        runs=args.runs,
+        deterministic=deterministic,
+        paper_stochastic=paper,
+        start_noise_only=start_only,
+        one_block_noise_only=per_block,
+        seconds=round(time.perf_counter() - tic, 1),
+        environment=_common.environment(),
+    )
+    print(f"epoch {epoch}, {len(y)} test images, {args.runs} runs")
+    print(f"deterministic {deterministic['accuracy']:.2f}  paper's stochastic "
+          f"{paper['accuracy']:.2f} ± {paper['se']:.2f}  z_0 only {start_only['accuracy']:.2f}")
+    print("block  sqrt(c)  acc with only eps_k   drop")
+    for r in per_block:
+        print(f"{r['block']:5d}  {r['sqrt_c']:.4f}  {r['accuracy']:.2f} ± {r['se']:.2f}  {r['drop']:+.2f}")
+    print("readout of z_t, deterministic:", deterministic["readout_of_z_t"])
+    print("readout of z_t, paper's:      ", paper["readout_of_z_t"])
+    print("block argmax, deterministic:  ", deterministic["block_argmax"])
+    print("block argmax, paper's:        ", paper["block_argmax"])
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(npx._records.scrub_paths(result), indent=1) + "\n")
+        print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
