@@ -8,6 +8,7 @@ the recorded inference runs, with the deterministic (ε = 0, z_0 = 0) accuracy b
     python benchmarks/mnist_results.py
     python benchmarks/mnist_results.py --write benchmarks/results/mnist.md
     python benchmarks/mnist_results.py --full-data   # all 60k training / 10k test images only
+    python benchmarks/mnist_results.py --protocol    # the paper's protocol: one row per seed set
 """
 
 import argparse
@@ -115,6 +116,47 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def protocol_table(records: list[dict]) -> str:
+    """One row per multi-seed run (`noprop-eqx train --seeds ...`): the paper's statistic, mean
+    ± s.e. over every seed's stochastic runs, beside the deterministic read-out's mean ± s.e.
+    over the seeds. Records of one run share `protocol_seeds`, variant, embedding and command."""
+    rows: dict[tuple, dict] = {}
+    for r in records:
+        if not r.get("protocol_seeds"):
+            continue
+        key = (r["variant"], r["embedding"], r["epochs"], r["command"], r.get("commit"))
+        rows.setdefault(key, r)
+    head = (
+        "| variant | embedding | epochs | seeds | stochastic % (paper's read-out, n) "
+        "| deterministic % (mean over seeds) | paper % | device | commit |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows.values():
+        paper = PAPER.get((r["variant"], r["embedding"])) if r["dataset"] == "mnist" else None
+        stochastic = "–"
+        if r.get("protocol_stochastic_mean") is not None:
+            stochastic = (
+                f"{100 * r['protocol_stochastic_mean']:.2f} ± "
+                f"{100 * r['protocol_stochastic_se']:.2f} (n={r['protocol_n']})"
+            )
+        deterministic = f"{100 * r['protocol_deterministic_mean']:.2f}"
+        if r.get("protocol_deterministic_se") is not None:
+            deterministic += f" ± {100 * r['protocol_deterministic_se']:.2f}"
+        cells = [
+            NAMES.get(r["variant"], r["variant"]),
+            embedding_cell(r),
+            epochs_cell(r),
+            " ".join(str(s) for s in r["protocol_seeds"]),
+            stochastic,
+            deterministic,
+            "–" if paper is None else f"{paper:.2f}",
+            r["device"],
+            str(r.get("commit")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=RESULTS, help=f"default {RESULTS}")
@@ -123,6 +165,11 @@ def main(argv=None) -> str:
         "--full-data",
         action="store_true",
         help="only runs on the full training and test sets (no --limit-train/--limit-test)",
+    )
+    p.add_argument(
+        "--protocol",
+        action="store_true",
+        help="one row per multi-seed run: the paper's 3 seeds x 5 stochastic runs statistic",
     )
     args = p.parse_args(argv)
     if not args.results.is_file():
@@ -134,7 +181,7 @@ def main(argv=None) -> str:
         records = [
             r for r in records if r.get("limit_train") is None and r.get("limit_test") is None
         ]
-    text = table(records)
+    text = protocol_table(records) if args.protocol else table(records)
     print(text, end="")
     if args.write is not None:
         args.write.write_text(text)

@@ -33,6 +33,12 @@ STUDIES = {
     "conv_kernels.py": [],
     "pool_order.py": ["--variants", "DT-blockwise"],
     "seeds.py": ["--variants", "FM"],
+    # The issue-18 studies, on the digits with the small CNN (the studies proper use MNIST).
+    "ct_early.py": ["--dataset", "digits", "--model", "simple", "--settings", "paper", "gamma1"],
+    "dt_loss_weights.py": [
+        "--dataset", "digits", "--model", "simple", "--epochs", "2", "--settings", "paper",
+        "abar-0.99", "--runs", "2",
+    ],
 }
 
 
@@ -304,3 +310,61 @@ def test_pool_order_reference_is_the_textbook_order(getkey):
         got = stack(x, key=None)
     np.testing.assert_allclose(got, h.reshape(-1), rtol=1e-5, atol=1e-5)
     assert PaperConvStack.__call__ is not pool_order._relu_first_call  # restored on exit
+
+
+@pytest.mark.slow
+def test_ct_early(study_runs):
+    _, tmp_path = finish(study_runs, "ct_early.py")
+    payload = load(tmp_path, "ct_early")
+    rows = {row["setting"]: row for row in payload["rows"]}
+    assert set(rows) == {"paper", "gamma1"}
+    assert len(payload["t_bins"]) == 10
+    for row in rows.values():
+        assert 0 <= row["accuracy"] <= 100
+        assert len(row["per_t"]) == 10 and all(0 <= a <= 1 for a in row["per_t"])
+        assert row["gamma_0"] < row["gamma_1"]
+    # The settings reach the model: each starts its schedule where it says.
+    assert rows["paper"]["gamma_0"] < -4 and rows["gamma1"]["gamma_0"] > -2
+
+
+@pytest.mark.slow
+def test_dt_loss_weights(study_runs):
+    _, tmp_path = finish(study_runs, "dt_loss_weights.py")
+    payload = load(tmp_path, "dt_loss_weights")
+    rows = [(row["setting"], row["epoch"]) for row in payload["rows"]]
+    assert rows == [("paper", 1), ("paper", 2), ("abar-0.99", 1), ("abar-0.99", 2)]
+    share = {row["setting"]: row["last_weight_share"] for row in payload["rows"]}
+    # Block T's share of Eq. 8's weights, from the clipped cosine schedule (see the docstring).
+    assert share["paper"] == pytest.approx(0.9965, abs=1e-4)
+    assert share["abar-0.99"] < 0.7
+    for row in payload["rows"]:
+        assert row["embedding_change"] > 0  # the prototypes train
+        assert 0 < row["min_distance_ratio"]
+
+
+@pytest.mark.slow
+def test_dt_noise_gap(tmp_path):
+    """The per-block decomposition on a one-epoch digits run: the deterministic chain is one
+    of the decomposition's cases, so with all noise masked off it must reproduce
+    `evaluate_accuracy` exactly."""
+    run = [
+        sys.executable, "-m", "noprop_eqx", "train", "--variants", "DT", "--dataset", "digits",
+        "--model", "simple", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress",
+        "--inference-runs", "0", "--num-blocks", "4",
+    ]
+    subprocess.run(run, check=True, capture_output=True, cwd=BENCHMARKS.parent)
+    out = tmp_path / "gap.json"
+    study = [
+        sys.executable, str(BENCHMARKS / "studies" / "dt_noise_gap.py"), "--run-dir",
+        str(tmp_path / "run" / "DT"), "--dataset", "digits", "--runs", "2", "--out", str(out),
+    ]
+    done = subprocess.run(study, capture_output=True, text=True, cwd=BENCHMARKS.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    summary = json.loads((tmp_path / "run" / "DT" / "summary.json").read_text())
+    assert result["deterministic"]["accuracy"] == pytest.approx(
+        100 * summary["final_accuracy"], abs=1e-6
+    )
+    assert len(result["one_block_noise_only"]) == 4
+    assert len(result["paper_stochastic"]["readout_of_z_t"]) == 4
+    assert result["deterministic"]["readout_of_z_t"][-1] == result["deterministic"]["accuracy"]

@@ -375,6 +375,38 @@ def test_results_table_names_the_prototype_scale():
     assert module.embedding_cell(record) == "prototype (fixed)"
 
 
+def test_protocol_table_one_row_per_seed_set(tmp_path):
+    """The --protocol table: one row per multi-seed run, with the 15-value statistic and the
+    mean over seeds, recomputed here from the records' own runs; single-seed records are left
+    out."""
+    module = _load_script("mnist_results")
+    from noprop_eqx._run_seeds import protocol_statistic
+
+    base = dict(
+        variant="DT", embedding="one-hot", epochs=2, lr_schedule="cosine", dataset="mnist",
+        device="cpu", command="noprop-eqx train --seeds 0 1 2", commit="abc1234",
+    )
+    runs = {0: [0.990, 0.991, 0.989, 0.990, 0.992], 1: [0.985, 0.986, 0.987, 0.986, 0.985],
+            2: [0.991, 0.990, 0.990, 0.989, 0.991]}
+    records = [
+        dict(base, seed=s, final_accuracy=0.993 - 0.001 * s, accuracy_stochastic_runs=r)
+        for s, r in runs.items()
+    ]
+    statistic = protocol_statistic(records)
+    records = [dict(r, **statistic) for r in records]
+    records.append(dict(base, seed=0, final_accuracy=0.99, command="single", commit="x"))
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps(records))
+    lines = module.main(["--results", str(path), "--protocol"]).strip().splitlines()
+    assert len(lines) == 3
+    values = [a for r in runs.values() for a in r]
+    mean = 100 * np.mean(values)
+    se = 100 * np.std(values, ddof=1) / np.sqrt(15)
+    assert f"| {mean:.2f} ± {se:.2f} (n=15) |" in lines[2]
+    assert "| 99.20 ± 0.06 |" in lines[2]  # deterministic 99.3, 99.2, 99.1: mean, s.e. 0.0577
+    assert "| 0 1 2 |" in lines[2] and "| 99.47 |" in lines[2]
+
+
 def test_results_table_names_the_recipe():
     module = _load_script("mnist_results")
     assert module.epochs_cell({"epochs": 8}) == "8"

@@ -56,12 +56,13 @@ SETTINGS = {
 T_BINS = np.linspace(0.05, 0.95, 10)
 
 
-def build(setting: dict, data, key):
+def build(setting: dict, data, backbone: str, key):
     k_model, k_schedule = jr.split(key)
     gamma = setting.get("gamma", (-5.0, 5.0))
     model = npx.NoPropCT(
         data.num_classes,
         data.image_shape,
+        backbone=backbone,
         t_sampling=setting.get("t_sampling", "uniform"),
         schedule=LearnedNoiseSchedule(gamma[0], gamma[1], key=k_schedule),
         key=k_model,
@@ -97,7 +98,9 @@ def per_t_accuracy(model, x, y, key, batch=1000):
 
 def main() -> None:
     parser = _common.base_parser(__doc__.splitlines()[0], Path(__file__).parent / "results")
+    parser.add_argument("--dataset", default="mnist", help="mnist (the study) or digits (tests)")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--model", default="paper", help="backbone: paper (the study), simple")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--limit-train", type=int, default=None)
@@ -106,12 +109,12 @@ def main() -> None:
     args = parser.parse_args()
     _common.apply_jax_options(args)
 
-    data = npx.data.load_dataset("mnist", args.data_dir)
+    data = npx.data.load_dataset(args.dataset, args.data_dir)
     x_train, y_train = data.x_train[: args.limit_train], data.y_train[: args.limit_train]
     x_test, y_test = data.x_test[: args.limit_test], data.y_test[: args.limit_test]
     rows = []
     for name in args.settings:
-        model, optimizer = build(SETTINGS[name], data, jr.key(args.seed))
+        model, optimizer = build(SETTINGS[name], data, args.model, jr.key(args.seed))
         opt_state = npx.init_optimizer_state(model, optimizer)
         step = npx.make_step(npx.NoPropCT.loss_fn, optimizer)
         k_run = jr.key(1000 + args.seed)

@@ -61,7 +61,9 @@ def min_distance(w):
 
 def main() -> None:
     parser = _common.base_parser(__doc__.splitlines()[0], Path(__file__).parent / "results")
+    parser.add_argument("--dataset", default="mnist", help="mnist (the study) or digits (tests)")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--model", default="paper", help="backbone: paper (the study), simple")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--limit-train", type=int, default=10000)
@@ -70,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     _common.apply_jax_options(args)
 
-    data = npx.data.load_dataset("mnist", args.data_dir)
+    data = npx.data.load_dataset(args.dataset, args.data_dir)
     x_train, y_train = data.x_train[: args.limit_train], data.y_train[: args.limit_train]
     x_test, y_test = data.x_test[: args.limit_test], data.y_test[: args.limit_test]
     rows = []
@@ -80,11 +82,12 @@ def main() -> None:
         embedding = npx.PrototypeEmbedding(x_train, y_train, data.num_classes)
         model = npx.NoPropDT(
             data.num_classes, data.image_shape, embedding=embedding, schedule=schedule,
+            backbone=args.model,
             key=jr.key(args.seed),
         )
         ab = np.asarray(alpha_bar_grid(model.schedule, model.num_blocks))
         weights = np.diff(ab / (1 - ab))
-        w0 = model.embedding.matrix()
+        w0 = np.array(model.embedding.matrix())  # a copy: the step donates the model
         d0 = min_distance(w0)
         optimizer = npx.paper_optimizer(model)
         opt_state = npx.init_optimizer_state(model, optimizer)
