@@ -202,6 +202,15 @@ def _add_model_options(p) -> None:
         "decay) instead of training them with the readout's cross-entropy and the KL term",
     )
     p.add_argument(
+        "--ct-gamma-init",
+        nargs=2,
+        type=float,
+        metavar=("G0", "G1"),
+        default=list(DEFAULTS.ct_gamma_init),
+        help="CT only: the learned noise schedule's starting γ = -log SNR at t = 1 (clean) and "
+        "t = 0 (noise); default -2 2; -5 5 was the default before, and learns more slowly",
+    )
+    p.add_argument(
         "--embed-dim",
         type=_positive_int,
         default=None,

@@ -62,6 +62,7 @@ class RunConfig:
     model: str = "paper"
     width: int = 64
     num_blocks: int = 10
+    ct_gamma_init: tuple[float, float] | list[float] = (-2.0, 2.0)
     compute_dtype: str = "float32"
     steps_per_call: int | str = "auto"
     augment_shift: int = 0
@@ -106,6 +107,18 @@ class RunConfig:
             )
             _expect(len(set(self.seeds)) == len(self.seeds), "seeds without repeats", self.seeds)
             object.__setattr__(self, "seeds", tuple(self.seeds))
+        gamma = self.ct_gamma_init
+        _expect(
+            isinstance(gamma, list | tuple)
+            and len(gamma) == 2
+            and all(isinstance(g, int | float) and not isinstance(g, bool) for g in gamma)
+            and all(math.isfinite(g) for g in gamma)
+            and gamma[0] < gamma[1],
+            "ct_gamma_init to be two finite numbers G0 < G1 (the learned schedule's γ at t = 1 "
+            "and at t = 0)",
+            gamma,
+        )
+        object.__setattr__(self, "ct_gamma_init", (float(gamma[0]), float(gamma[1])))
         object.__setattr__(self, "out", str(self.out))
         if self.results is not None:
             object.__setattr__(self, "results", str(self.results))
@@ -184,6 +197,10 @@ class RunConfig:
                         f"{name} applies to embedding 'prototype' only, got embedding "
                         f"{self.embedding!r}"
                     )
+        if self.ct_gamma_init != RunConfig.ct_gamma_init and "CT" not in self.variants:
+            raise ConfigError(
+                f"ct_gamma_init applies to variant 'CT' only, got variants {self.variants}"
+            )
         if self.cifar100_labels != "fine" and self.dataset != "cifar100":
             raise ConfigError(
                 f"cifar100_labels applies to dataset 'cifar100' only, got {self.dataset!r}"
@@ -317,6 +334,7 @@ class RunConfig:
             subset_seed=self.subset_seed if limited else None,
             cifar100_labels=self.cifar100_labels if self.dataset == "cifar100" else None,
             weight_decay_mode=weight_decay_mode(variant, self.weight_decay),
+            ct_gamma_init=list(self.ct_gamma_init) if variant == "CT" else None,
         )
 
 
@@ -344,6 +362,7 @@ PINNED = (
     "cifar100_labels",
     "weight_decay_mode",
     "lr_decay_steps",
+    "ct_gamma_init",
 )
 
 
@@ -359,6 +378,8 @@ def saved_defaults(saved: dict) -> dict:
     saved.setdefault("subset_seed", None)  # first-N subsets
     saved.setdefault("cifar100_labels", "fine" if saved.get("dataset") == "cifar100" else None)
     saved.setdefault("weight_decay_mode", weight_decay_mode(saved.get("variant", "DT"), None))
+    # CT's learned schedule started at γ = -5 and 5 before the option existed.
+    saved.setdefault("ct_gamma_init", [-5.0, 5.0] if saved.get("variant") == "CT" else None)
     return saved
 
 

@@ -29,6 +29,7 @@ from ._embeddings import PrototypeEmbedding
 from ._fm import NoPropFM
 from ._train import evaluate_accuracy
 from .data import num_train_batches, train_batches
+from .noise_schedules import LearnedNoiseSchedule
 
 VARIANTS: dict[str, type[eqx.Module]] = {
     "DT": NoPropDT,
@@ -92,13 +93,15 @@ def build_model(
     y_train: np.ndarray | None = None,
     prototype_scale: str | None = None,
     fixed_embedding: bool = False,
+    ct_gamma_init: Sequence[float] | None = None,
     key: PRNGKeyArray,
 ) -> eqx.Module:
     """One of `VARIANTS` with the given backbone ("paper" or "simple") and embedding.
     "prototype" needs the training images and labels (`x_train`, `y_train`) and takes
     `prototype_scale` (see `PrototypeEmbedding`; None means raw) and `fixed_embedding` (keep
     the prototypes as built instead of training them); `num_blocks` (T, paper: 10) applies to
-    DT and BP."""
+    DT and BP; `ct_gamma_init` (CT only; None: `LearnedNoiseSchedule`'s default) sets the
+    learned schedule's starting γ at t = 1 and t = 0."""
     if fixed_embedding and embedding != "prototype":
         raise ValueError(
             f"fixed_embedding applies to the prototype embedding only, got {embedding!r} "
@@ -106,6 +109,10 @@ def build_model(
         )
     cls = VARIANTS[check_variant(variant)]
     extra = dict(num_blocks=num_blocks) if variant in ("DT", "BP") else {}
+    if variant == "CT" and ct_gamma_init is not None:
+        # NoPropCT draws its schedule's key as the third of jr.split(key, 3).
+        k_schedule = jr.split(key, 3)[2]
+        extra["schedule"] = LearnedNoiseSchedule(*ct_gamma_init, key=k_schedule)
     dim = resolve_embed_dim(embedding, embed_dim, num_classes, image_shape)
     spec: Any = embedding
     if embedding == "prototype":

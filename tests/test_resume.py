@@ -216,3 +216,25 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(runs, tmp_path, monkeypatch
     err = capfd.readouterr().err
     assert "interrupted" in err and "--resume" in err and "Traceback" not in err
     assert (out / "DT-prototype" / "checkpoint.eqx").read_bytes() == before
+
+
+def test_ct_schedule_start_is_pinned_and_old_runs_resume_as_they_were(tmp_path):
+    """`--ct-gamma-init` shapes CT's trajectory: the saved value is pinned on resume. A run
+    saved before the option existed started from γ = -5 and 5, and is read as such."""
+    base = ["train", "--dataset", "digits", "--variants", "CT", "--model", "simple"]
+    base += ["--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--epochs", "2"]
+    base += ["--inference-runs", "0", "--eval-steps", "2", "--no-progress", "--out", str(tmp_path)]
+    assert main([*base, "--ct-gamma-init", "-3", "3", "--stop-after", "1"]) == 0
+    config_path = tmp_path / "CT" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["ct_gamma_init"] == [-3.0, 3.0]
+    ds = data_lib.load_dataset("digits").subset(128, 64)
+    model = load_run(tmp_path / "CT", ds)[0]
+    assert -3.1 < float(model.schedule.gamma_0) < -2.9  # one epoch of 2 steps from -3
+    with pytest.raises(SystemExit, match=r"ct_gamma_init \[-3.0, 3.0\] vs \[-2.0, 2.0\]"):
+        main([*base, "--resume"])
+    del config["ct_gamma_init"]  # as written before the option existed
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match=r"ct_gamma_init \[-5.0, 5.0\] vs \[-2.0, 2.0\]"):
+        main([*base, "--resume"])
+    assert main([*base, "--resume", "--ct-gamma-init", "-5", "5"]) == 0
