@@ -85,7 +85,9 @@ def model_from_config(config: dict, dataset, *, key: PRNGKeyArray) -> eqx.Module
         y_train=dataset.y_train,
         prototype_scale=config.get("prototype_scale"),
         fixed_embedding=bool(config.get("fixed_embedding", False)),
-        ct_gamma_init=config.get("ct_gamma_init", [-5.0, 5.0] if config["variant"] == "CT" else None),
+        ct_gamma_init=config.get(
+            "ct_gamma_init", [-5.0, 5.0] if config["variant"] == "CT" else None
+        ),
         key=key,
     )
 

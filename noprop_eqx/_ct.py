@@ -11,11 +11,11 @@ from ._checks import check_batch, check_images, check_time
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
 from ._losses import (
     check_t_sampling,
-    sample_times,
     expected_embedding,
     kl_to_standard_normal,
     readout_cross_entropy,
     sample_q,
+    sample_times,
     weighted_denoising_term,
 )
 from ._solve import ODESolution, integrate

@@ -46,7 +46,9 @@ def check_t_sampling(t_sampling: str) -> str:
     return t_sampling
 
 
-def sample_times(key: PRNGKeyArray, batch_size: int, t_sampling: str = "uniform") -> Float[Array, " batch"]:
+def sample_times(
+    key: PRNGKeyArray, batch_size: int, t_sampling: str = "uniform"
+) -> Float[Array, " batch"]:
     """Each example's t ~ U[0, 1]. "uniform": independent draws (the paper). "stratified": one
     shared offset u ~ U[0, 1) and t_i = (u + i / B) mod 1 (the low-discrepancy sampler of
     Kingma et al. 2021): every t is still U[0, 1], so the loss's expectation is unchanged,

@@ -30,7 +30,11 @@ CASES = [
     ("zero blocks", ["--num-blocks", "0"], "--num-blocks: expected a positive integer"),
     ("gamma init reversed", ["--variants", "CT", "--ct-gamma-init", "2", "-2"], "G0 < G1"),
     ("gamma init nan", ["--variants", "CT", "--ct-gamma-init", "nan", "2"], "G0 < G1"),
-    ("gamma init, one number", ["--variants", "CT", "--ct-gamma-init", "1"], "expected 2 arguments"),
+    (
+        "gamma init, one number",
+        ["--variants", "CT", "--ct-gamma-init", "1"],
+        "expected 2 arguments",
+    ),
     ("gamma init, not CT", ["--ct-gamma-init", "-5", "5"], "applies to variant 'CT' only"),
     ("unknown dtype", ["--compute-dtype", "float16"], "invalid choice: 'float16'"),
     ("zero steps per call", ["--steps-per-call", "0"], "positive integer or 'auto', got '0'"),

@@ -36,8 +36,17 @@ STUDIES = {
     # The issue-18 studies, on the digits with the small CNN (the studies proper use MNIST).
     "ct_early.py": ["--dataset", "digits", "--model", "simple", "--settings", "paper", "gamma1"],
     "dt_loss_weights.py": [
-        "--dataset", "digits", "--model", "simple", "--epochs", "2", "--settings", "paper",
-        "abar-0.99", "--runs", "2",
+        "--dataset",
+        "digits",
+        "--model",
+        "simple",
+        "--epochs",
+        "2",
+        "--settings",
+        "paper",
+        "abar-0.99",
+        "--runs",
+        "2",
     ],
 }
 
@@ -348,15 +357,39 @@ def test_dt_noise_gap(tmp_path):
     of the decomposition's cases, so with all noise masked off it must reproduce
     `evaluate_accuracy` exactly."""
     run = [
-        sys.executable, "-m", "noprop_eqx", "train", "--variants", "DT", "--dataset", "digits",
-        "--model", "simple", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress",
-        "--inference-runs", "0", "--num-blocks", "4",
+        sys.executable,
+        "-m",
+        "noprop_eqx",
+        "train",
+        "--variants",
+        "DT",
+        "--dataset",
+        "digits",
+        "--model",
+        "simple",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--inference-runs",
+        "0",
+        "--num-blocks",
+        "4",
     ]
     subprocess.run(run, check=True, capture_output=True, cwd=BENCHMARKS.parent)
     out = tmp_path / "gap.json"
     study = [
-        sys.executable, str(BENCHMARKS / "studies" / "dt_noise_gap.py"), "--run-dir",
-        str(tmp_path / "run" / "DT"), "--dataset", "digits", "--runs", "2", "--out", str(out),
+        sys.executable,
+        str(BENCHMARKS / "studies" / "dt_noise_gap.py"),
+        "--run-dir",
+        str(tmp_path / "run" / "DT"),
+        "--dataset",
+        "digits",
+        "--runs",
+        "2",
+        "--out",
+        str(out),
     ]
     done = subprocess.run(study, capture_output=True, text=True, cwd=BENCHMARKS.parent)
     assert done.returncode == 0, done.stderr[-3000:]

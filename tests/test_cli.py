@@ -383,11 +383,20 @@ def test_protocol_table_one_row_per_seed_set(tmp_path):
     from noprop_eqx._run_seeds import protocol_statistic
 
     base = dict(
-        variant="DT", embedding="one-hot", epochs=2, lr_schedule="cosine", dataset="mnist",
-        device="cpu", command="noprop-eqx train --seeds 0 1 2", commit="abc1234",
+        variant="DT",
+        embedding="one-hot",
+        epochs=2,
+        lr_schedule="cosine",
+        dataset="mnist",
+        device="cpu",
+        command="noprop-eqx train --seeds 0 1 2",
+        commit="abc1234",
     )
-    runs = {0: [0.990, 0.991, 0.989, 0.990, 0.992], 1: [0.985, 0.986, 0.987, 0.986, 0.985],
-            2: [0.991, 0.990, 0.990, 0.989, 0.991]}
+    runs = {
+        0: [0.990, 0.991, 0.989, 0.990, 0.992],
+        1: [0.985, 0.986, 0.987, 0.986, 0.985],
+        2: [0.991, 0.990, 0.990, 0.989, 0.991],
+    }
     records = [
         dict(base, seed=s, final_accuracy=0.993 - 0.001 * s, accuracy_stochastic_runs=r)
         for s, r in runs.items()

@@ -81,7 +81,10 @@ def main() -> None:
         schedule = CosineNoiseSchedule(alpha_bar_max=setting.get("alpha_bar_max", 0.9999))
         embedding = npx.PrototypeEmbedding(x_train, y_train, data.num_classes)
         model = npx.NoPropDT(
-            data.num_classes, data.image_shape, embedding=embedding, schedule=schedule,
+            data.num_classes,
+            data.image_shape,
+            embedding=embedding,
+            schedule=schedule,
             backbone=args.model,
             key=jr.key(args.seed),
         )
@@ -91,8 +94,10 @@ def main() -> None:
         d0 = min_distance(w0)
         optimizer = npx.paper_optimizer(model)
         opt_state = npx.init_optimizer_state(model, optimizer)
-        loss_fn = loss_with_ce_scale(setting["ce_scale"]) if "ce_scale" in setting else (
-            npx.NoPropDT.loss_fn
+        loss_fn = (
+            loss_with_ce_scale(setting["ce_scale"])
+            if "ce_scale" in setting
+            else (npx.NoPropDT.loss_fn)
         )
         step = npx.make_step(loss_fn, optimizer)
         k_run = jr.key(1000 + args.seed)
@@ -105,10 +110,12 @@ def main() -> None:
             jax.block_until_ready(model)
             elapsed += time.perf_counter() - start
             det = npx.evaluate_accuracy(model, x_test, y_test)
-            stoch = np.array([
-                npx.evaluate_accuracy(model, x_test, y_test, key=k)
-                for k in jr.split(jr.key(77), args.runs)
-            ])
+            stoch = np.array(
+                [
+                    npx.evaluate_accuracy(model, x_test, y_test, key=k)
+                    for k in jr.split(jr.key(77), args.runs)
+                ]
+            )
             w = model.embedding.matrix()
             row = dict(
                 setting=name,
@@ -125,12 +132,20 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
             _common.write_results(
-                "dt_loss_weights", args, rows,
-                [("setting", "setting"), ("epoch", "epoch"),
-                 ("last_weight_share", "block T's weight share"),
-                 ("deterministic", "deterministic %"), ("stochastic", "stochastic %"),
-                 ("stochastic_se", "s.e."), ("embedding_change", "‖W-W0‖/‖W0‖"),
-                 ("min_distance_ratio", "min distance / initial"), ("train_s", "train s")],
+                "dt_loss_weights",
+                args,
+                rows,
+                [
+                    ("setting", "setting"),
+                    ("epoch", "epoch"),
+                    ("last_weight_share", "block T's weight share"),
+                    ("deterministic", "deterministic %"),
+                    ("stochastic", "stochastic %"),
+                    ("stochastic_se", "s.e."),
+                    ("embedding_change", "‖W-W0‖/‖W0‖"),
+                    ("min_distance_ratio", "min distance / initial"),
+                    ("train_s", "train s"),
+                ],
                 quiet=True,
             )
     stem = f"dt_loss_weights{'-' + args.tag if args.tag else ''}"

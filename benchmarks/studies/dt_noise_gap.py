@@ -115,8 +115,13 @@ def main() -> None:
     for k in range(T):
         r = mean_over_runs(False, np.eye(T)[k])
         per_block.append(
-            dict(block=k + 1, sqrt_c=round(float(jnp.sqrt(c[k])), 4), accuracy=r["accuracy"],
-                 se=r["se"], drop=round(deterministic["accuracy"] - r["accuracy"], 3))
+            dict(
+                block=k + 1,
+                sqrt_c=round(float(jnp.sqrt(c[k])), 4),
+                accuracy=r["accuracy"],
+                se=r["se"],
+                drop=round(deterministic["accuracy"] - r["accuracy"], 3),
+            )
         )
     result = dict(
         run_dir=npx._records.portable_path(Path(args.run_dir)),
@@ -133,11 +138,16 @@ def main() -> None:
         environment=_common.environment(),
     )
     print(f"epoch {epoch}, {len(y)} test images, {args.runs} runs")
-    print(f"deterministic {deterministic['accuracy']:.2f}  paper's stochastic "
-          f"{paper['accuracy']:.2f} ± {paper['se']:.2f}  z_0 only {start_only['accuracy']:.2f}")
+    print(
+        f"deterministic {deterministic['accuracy']:.2f}  paper's stochastic "
+        f"{paper['accuracy']:.2f} ± {paper['se']:.2f}  z_0 only {start_only['accuracy']:.2f}"
+    )
     print("block  sqrt(c)  acc with only eps_k   drop")
     for r in per_block:
-        print(f"{r['block']:5d}  {r['sqrt_c']:.4f}  {r['accuracy']:.2f} ± {r['se']:.2f}  {r['drop']:+.2f}")
+        print(
+            f"{r['block']:5d}  {r['sqrt_c']:.4f}  {r['accuracy']:.2f} ± {r['se']:.2f}  "
+            f"{r['drop']:+.2f}"
+        )
     print("readout of z_t, deterministic:", deterministic["readout_of_z_t"])
     print("readout of z_t, paper's:      ", paper["readout_of_z_t"])
     print("block argmax, deterministic:  ", deterministic["block_argmax"])
