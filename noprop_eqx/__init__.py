@@ -45,6 +45,7 @@ from ._losses import (
     kl_to_standard_normal as kl_to_standard_normal,
     readout_cross_entropy as readout_cross_entropy,
     sample_q as sample_q,
+    sample_times as sample_times,
     weighted_denoising_term as weighted_denoising_term,
 )
 from ._records import RunFileError as RunFileError
@@ -124,6 +125,7 @@ __all__ = [
     "paper_optimizer",
     "readout_cross_entropy",
     "sample_q",
+    "sample_times",
     "save_checkpoint",
     "stochastic_accuracy",
     "train_epoch",

@@ -26,7 +26,11 @@ from .noise_schedules import AbstractNoiseSchedule, LearnedNoiseSchedule
 
 class NoPropCT(eqx.Module):
     """NoProp-CT: û_θ(z_t, x, t), a class embedding, a linear readout and a (by default
-    learned) noise schedule. Inference integrates the probability-flow ODE with Diffrax."""
+    learned) noise schedule. Inference integrates the probability-flow ODE with Diffrax.
+
+    `t_sampling`: how a batch's times are drawn for Eq. 9, "uniform" (independent, the paper)
+    or "stratified" (spread evenly; see `sample_times`). The default schedule is a
+    `LearnedNoiseSchedule` started at γ = -2 and 2."""
 
     net: AbstractBackbone
     embedding: AbstractClassEmbedding

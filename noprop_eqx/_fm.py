@@ -18,7 +18,8 @@ from .models._factory import BackboneSpec, make_backbone
 class NoPropFM(eqx.Module):
     """NoProp-FM: a velocity v_θ(z_t, x, t) = logits · W_embed transporting N(0, I) to u_y along
     z_t = t u_y + (1 - t) z_0 (+ σ ε). Predicts the class whose embedding is nearest to z_1.
-    The readout is used only by the anchor term when the embedding is trainable."""
+    The readout is used only by the anchor term when the embedding is trainable.
+    `t_sampling`: "uniform" (the paper) or "stratified" times, as for `NoPropCT`."""
 
     net: AbstractBackbone
     embedding: AbstractClassEmbedding
