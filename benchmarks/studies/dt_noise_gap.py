@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -36,7 +37,7 @@ from noprop_eqx.models import apply_batched  # noqa: E402
 from noprop_eqx.noise_schedules import alpha_bar_grid, posterior_coefficients  # noqa: E402
 
 
-@jax.jit
+@eqx.filter_jit
 def chain(model, x, z0, noise):
     """Eq. 3 with the given start and per-block noise (T, batch, dim); returns every block's
     class logits and the readout's logits of every intermediate z_t, t = 1..T."""
