@@ -355,7 +355,7 @@ def test_dt_loss_weights(study_runs):
 def test_dt_noise_gap(tmp_path):
     """The per-block decomposition on a one-epoch digits run: the deterministic chain is one
     of the decomposition's cases, so with all noise masked off it must reproduce
-    `evaluate_accuracy` exactly."""
+    `evaluate_accuracy` (to the study's rounding)."""
     run = [
         sys.executable,
         "-m",
@@ -395,9 +395,11 @@ def test_dt_noise_gap(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     summary = json.loads((tmp_path / "run" / "DT" / "summary.json").read_text())
+    # The study rounds its percentages to 3 decimals.
     assert result["deterministic"]["accuracy"] == pytest.approx(
-        100 * summary["final_accuracy"], abs=1e-6
+        100 * summary["final_accuracy"], abs=5e-4
     )
     assert len(result["one_block_noise_only"]) == 4
     assert len(result["paper_stochastic"]["readout_of_z_t"]) == 4
-    assert result["deterministic"]["readout_of_z_t"][-1] == result["deterministic"]["accuracy"]
+    deterministic = result["deterministic"]  # per-step lists are rounded to 2 decimals
+    assert deterministic["readout_of_z_t"][-1] == pytest.approx(deterministic["accuracy"], abs=5e-3)
