@@ -506,6 +506,7 @@ def final_record(
         lr_schedule=config.lr_schedule,
         weight_decay=config.weight_decay,
         optimizer=s["optimizer"],
+        ct_gamma_init=s.get("ct_gamma_init"),
         compute_dtype=config.compute_dtype,
         limit_train=config.limit_train,
         limit_test=config.limit_test,

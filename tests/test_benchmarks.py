@@ -6,6 +6,7 @@ a temporary folder; they run concurrently. No timing is asserted: --quick uses t
 on a shared CPU.
 """
 
+import importlib
 import importlib.util
 import json
 import subprocess
@@ -46,6 +47,21 @@ STUDIES = {
         "paper",
         "abar-0.99",
         "--runs",
+        "2",
+    ],
+    # Issue 17's norm study, on the digits with a width-8 ResNet-18 (the study uses CIFAR-10).
+    "resnet_norm.py": [
+        "--dataset",
+        "digits",
+        "--width",
+        "8",
+        "--epochs",
+        "2",
+        "--limit-train",
+        "512",
+        "--limit-test",
+        "200",
+        "--inference-runs",
         "2",
     ],
 }
@@ -403,3 +419,96 @@ def test_dt_noise_gap(tmp_path):
     assert len(result["paper_stochastic"]["readout_of_z_t"]) == 4
     deterministic = result["deterministic"]  # per-step lists are rounded to 2 decimals
     assert deterministic["readout_of_z_t"][-1] == pytest.approx(deterministic["accuracy"], abs=5e-3)
+
+
+def _import_study(name: str):
+    sys.path[:0] = [str(BENCHMARKS / "studies"), str(BENCHMARKS)]
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS / "studies"))
+        sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.mark.slow
+def test_resnet_norm(study_runs):
+    _, tmp_path = finish(study_runs, "resnet_norm.py")
+    payload = load(tmp_path, "resnet_norm")
+    assert [(r["norm"], r["epoch"]) for r in payload["rows"]] == [
+        ("group", 1),
+        ("group", 2),
+        ("batch", 1),
+        ("batch", 2),
+    ]
+    assert payload["variant"] == "CT" and payload["width"] == 8
+    for row in payload["rows"]:
+        assert 0 <= row["deterministic"] <= 100 and 0 <= row["stochastic_mean"] <= 100
+        assert row["train_s"] > 0 and np.isfinite(row["loss"])
+
+
+def test_resnet_norm_group_branch_is_resnet_wrappers(getkey):
+    """With GroupNorm, the study's image branch is `ResNetWrapper(depth=18)`'s: given the same
+    weights, the same features."""
+    import equinox as eqx
+    import jax
+    import jax.random as jr
+
+    from noprop_eqx.models import ResNetWrapper
+
+    study = _import_study("resnet_norm")
+    net = ResNetWrapper(10, 18, 8, 0, image_shape=(3, 16, 16), key=getkey())
+    branch, state = eqx.nn.make_with_state(study.Branch)("group", 3, 8, key=getkey())
+    theirs = jax.tree.leaves((net.stem, net.stem_norm, net.stages))
+    assert [a.shape for a in jax.tree.leaves(branch)] == [a.shape for a in theirs]
+    branch = jax.tree.unflatten(jax.tree.structure(branch), theirs)
+    x = jr.normal(getkey(), (3, 16, 16))
+    feats, _ = branch(x, state)
+    np.testing.assert_allclose(net.image_fc(feats), net.encode(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow  # compiles a ResNet training step: about 20 s
+def test_resnet_norm_batch_norm_state(getkey):
+    """With BatchNorm: a training step normalises with the batch's statistics and moves the
+    running statistics; evaluation uses the running statistics, so an image's features do not
+    depend on the rest of its batch (in training they do)."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    study = _import_study("resnet_norm")
+    branch, state, model = study.build("batch", "CT", 10, 3, 8, getkey())
+    x = jr.normal(getkey(), (16, 3, 16, 16)) * 2.0 + 1.0
+    y = jnp.arange(16) % 10
+    bn = branch.stem_norm
+    mean0, var0 = state.get(bn.batch_state_index)
+    # Batch mode: the stem's normalised output has zero mean and unit variance per channel.
+    pre = eqx.filter_vmap(branch.stem)(x)
+    normed, _ = eqx.filter_vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
+        pre, state
+    )
+    np.testing.assert_allclose(normed.mean(axis=(0, 2, 3)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(normed.var(axis=(0, 2, 3)), 1.0, rtol=1e-2)
+    # One training step threads the state: the running statistics move towards the batch's.
+    optimizer = study.npx.paper_optimizer(model)
+    params = (branch, model)
+    opt_state = optimizer.init(eqx.filter(params, eqx.is_array))
+    step = study.make_train_step(optimizer)
+    params, state, opt_state, aux = step(params, state, opt_state, x, y, getkey())
+    mean1, var1 = state.get(bn.batch_state_index)
+    batch_mean = pre.mean(axis=(0, 2, 3))
+    np.testing.assert_allclose(
+        mean1,
+        study._BN_MOMENTUM * mean0 + (1 - study._BN_MOMENTUM) * batch_mean,
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    assert not np.allclose(var1, var0) and np.isfinite(float(aux["loss"]))
+    # Evaluation: one image's features alone equal its features within a batch.
+    branch = params[0]
+    whole = study.eval_features(branch, state, np.asarray(x))
+    alone = study.eval_features(branch, state, np.asarray(x[:1]))
+    np.testing.assert_allclose(alone[0], whole[0], rtol=1e-4, atol=1e-5)
+    # Training mode does depend on the batch.
+    train_whole, _ = study.batch_features(branch, state, x)
+    train_half, _ = study.batch_features(branch, state, x[:8])
+    assert not np.allclose(train_whole[0], train_half[0], atol=1e-3)

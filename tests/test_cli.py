@@ -141,6 +141,9 @@ def test_results_schema(digits_run):
         assert by_variant[v]["inference_solver"] == "heun"
         assert by_variant[v]["nfe"] == 8
     assert by_variant["BP"]["nfe"] is None
+    # The learned schedule's start is a CT setting, recorded for CT only.
+    assert by_variant["CT"]["ct_gamma_init"] == [-2.0, 2.0]
+    assert all(by_variant[v]["ct_gamma_init"] is None for v in ("DT", "FM", "BP"))
 
 
 def _load_script(name):
