@@ -47,13 +47,15 @@ from noprop_eqx._loop import solver_kwargs  # noqa: E402
 from noprop_eqx.models import AbstractBackbone, SinusoidalTimeEmbedding  # noqa: E402
 from noprop_eqx.models._layers import dropout  # noqa: E402
 
-NORMS = ("group", "batch")
+NORMS = ("group", "batch", "group16")
 _BN_MOMENTUM = 0.9
 
 
 def _make_norm(kind: str, channels: int):
-    if kind == "group":  # as ResNetWrapper
+    if kind == "group":  # as ResNetWrapper: 32 groups, or one per channel below 32 channels
         return eqx.nn.GroupNorm(min(32, channels), channels)
+    if kind == "group16":  # groups of 16 channels (one group below 32 channels)
+        return eqx.nn.GroupNorm(max(1, channels // 16), channels)
     return eqx.nn.BatchNorm(channels, axis_name="batch", momentum=_BN_MOMENTUM, mode="batch")
 
 
@@ -221,7 +223,7 @@ def main() -> None:
     parser.add_argument("--variant", choices=["CT", "FM"], default="CT")
     parser.add_argument("--width", type=int, default=16, help="ResNet-18 first-stage width")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--norms", nargs="+", choices=NORMS, default=list(NORMS))
+    parser.add_argument("--norms", nargs="+", choices=NORMS, default=["group", "batch"])
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--inference-runs", type=int, default=5)
