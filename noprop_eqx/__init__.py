@@ -8,6 +8,10 @@ from . import (
     utils as utils,
 )
 from ._backprop import BackpropBaseline as BackpropBaseline
+from ._batch_norm import (
+    has_batch_norm as has_batch_norm,
+    recalibrate_batch_norm as recalibrate_batch_norm,
+)
 from ._checkpoint import (
     load_checkpoint as load_checkpoint,
     load_run as load_run,
@@ -110,6 +114,7 @@ __all__ = [
     "dt_value_and_grad",
     "epoch_keys",
     "evaluate_accuracy",
+    "has_batch_norm",
     "expected_embedding",
     "flow_matching_term",
     "init_optimizer_state",
@@ -124,6 +129,7 @@ __all__ = [
     "noise_schedules",
     "paper_optimizer",
     "readout_cross_entropy",
+    "recalibrate_batch_norm",
     "sample_q",
     "sample_times",
     "save_checkpoint",

@@ -258,6 +258,14 @@ def _add_model_options(p) -> None:
         help="ResNet backbones only: channels of the first stage, doubling each stage "
         "(default 64, the standard ResNet)",
     )
+    p.add_argument(
+        "--norm",
+        choices=("group", "batch"),
+        default=DEFAULTS.norm,
+        help="ResNet backbones only: the image branch's normalisation, 'group' (GroupNorm, 32 "
+        "groups; default) or 'batch' (BatchNorm: batch statistics in training, population "
+        "statistics recalibrated on 5,000 training images after every epoch for evaluation)",
+    )
 
 
 def _add_data_options(p) -> None:

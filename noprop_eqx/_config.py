@@ -61,6 +61,7 @@ class RunConfig:
     embed_dim: int | None = None
     model: str = "paper"
     width: int = 64
+    norm: str = "group"
     num_blocks: int = 10
     ct_gamma_init: tuple[float, float] | list[float] = (-2.0, 2.0)
     compute_dtype: str = "float32"
@@ -209,6 +210,10 @@ class RunConfig:
             backbone_name(self.model, self.width)
         except ValueError as e:
             raise ConfigError(f"width: {e}") from None
+        try:
+            backbone_name(self.model, self.width, self.norm)
+        except ValueError as e:
+            raise ConfigError(f"norm: {e}") from None
         if self.stop_after is not None and self.stop_after > self.epochs:
             raise ConfigError(
                 f"expected stop_after <= epochs ({self.epochs}), got {self.stop_after}"
@@ -216,6 +221,11 @@ class RunConfig:
         self._check_devices()
 
     def _check_devices(self) -> None:
+        if self.norm == "batch" and self.mesh is not None:
+            raise ConfigError(
+                f"norm: BatchNorm backbones train on one device; expected no --mesh with "
+                f"norm 'batch', got mesh {self.mesh!r} (use norm 'group' on a mesh)"
+            )
         if self.seeds is not None and self.mesh is not None:
             raise ConfigError(
                 "seeds: several seeds train in one step on one device; expected no --mesh "
@@ -284,8 +294,9 @@ class RunConfig:
 
     @property
     def backbone(self) -> str:
-        """The backbone's name with its width (`"resnet18-w32"`), as run records hold it."""
-        return backbone_name(self.model, self.width)
+        """The backbone's name with its width and norm (`"resnet18-w32"`, `"resnet18-w32-bn"`),
+        as run records hold it."""
+        return backbone_name(self.model, self.width, self.norm)
 
     @property
     def out_dir(self) -> Path:

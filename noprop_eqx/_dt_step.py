@@ -32,6 +32,7 @@ from ._losses import (
 )
 from ._train import cast_floating, check_compute_dtype, donating_step, make_step
 from ._xla import CompilerOptions, jit_options
+from .models import apply_batched
 from .noise_schedules import alpha_bar_grid
 
 Memory = Literal["auto", "blockwise", "low", "low-calls", "low-scan", "default"]
@@ -179,7 +180,7 @@ def dt_local_terms(
         alpha_bar = alpha_bar_grid(m.schedule, num_blocks)
         snr = alpha_bar / (1.0 - alpha_bar)
         z = sample(u_y, alpha_bar[t], keys_z[t])
-        logits = jax.vmap(lambda zi, xi, ki: block(zi, xi, key=ki))(z, x, keys_drop_t)
+        logits = apply_batched(block, z, x, keys=keys_drop_t)
         u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
         weight = snr[t + 1] - snr[t]
         per_block = batch_mean(jax.vmap(weighted_denoising_term, (0, 0, None))(u_hat, u_y, weight))

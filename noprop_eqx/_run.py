@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from . import data as data_lib
+from ._batch_norm import has_batch_norm, recalibrate_batch_norm
 from ._checkpoint import load_checkpoint, model_from_config, save_checkpoint
 from ._config import ConfigError, RunConfig, settings_differ
 from ._dt import NoPropDT
@@ -361,11 +362,19 @@ def optimizer_and_step(
     model, lr: float, weight_decay: float, decay_steps: int | None, compute_dtype: str = "float32"
 ):
     """The paper optimiser and its compiled step, made once per (model class, fixed embedding or
-    not, lr, weight decay, cosine decay steps or None for a constant rate, compute dtype) in this
-    process, so that repeated runs in one process (tests, resumes) reuse compilations. Both are
-    pure functions of those values."""
+    not, BatchNorm or not, lr, weight decay, cosine decay steps or None for a constant rate,
+    compute dtype) in this process, so that repeated runs in one process (tests, resumes) reuse
+    compilations. Both are pure functions of those values."""
     fixed = is_fixed_embedding(getattr(model, "embedding", None))
-    cache_key = (type(model), fixed, lr, weight_decay, decay_steps, compute_dtype)
+    cache_key = (
+        type(model),
+        fixed,
+        has_batch_norm(model),
+        lr,
+        weight_decay,
+        decay_steps,
+        compute_dtype,
+    )
     if cache_key not in _STEPS:
         learning_rate = lr if decay_steps is None else optax.cosine_decay_schedule(lr, decay_steps)
         optimizer = paper_optimizer(model, learning_rate=learning_rate, weight_decay=weight_decay)
@@ -411,6 +420,9 @@ def run_augmentation(config: RunConfig, ds: data_lib.ImageDataset):
     )
 
 
+_RECALIBRATION_STREAM = 0x424E  # keys the BatchNorm recalibration images apart from the rest
+
+
 def end_epoch(
     run: _Run,
     epoch: int,
@@ -434,6 +446,9 @@ def end_epoch(
             f"{run.run_dir}: lower --lr, check the data, or resume from it"
         )
     tic = time.perf_counter()
+    if has_batch_norm(model):  # population statistics for evaluation and the checkpoint
+        key = jr.fold_in(jr.fold_in(run.key, _RECALIBRATION_STREAM), epoch)
+        model = recalibrate_batch_norm(model, ds.x_train, batch_size=config.batch_size, key=key)
     run.model, run.opt_state = model, opt_state
     accuracy = _evaluate(run, ds.x_test, ds.y_test, **predict_kwargs)
     eval_time = time.perf_counter() - tic

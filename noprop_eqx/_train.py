@@ -199,12 +199,15 @@ def paper_optimizer(
       (`optax.chain(optax.add_decayed_weights(wd), optax.adam(lr))`). `weight_decay=0` gives
       plain Adam.
 
-    A fixed embedding (`PrototypeEmbedding(..., fixed=True)`) is left out of the weight decay,
-    so that it stays exactly as built (its gradient is zero, so Adam leaves it alone)."""
+    A fixed embedding (`PrototypeEmbedding(..., fixed=True)`) and the population statistics of
+    `BatchNorm` layers are left out of the weight decay, so that training leaves them exactly as
+    they are (their gradient is zero, so Adam leaves them alone)."""
     from ._backprop import BackpropBaseline
+    from ._batch_norm import has_batch_norm
     from ._dt import NoPropDT
 
-    mask = _decay_all_but_fixed_embedding if _has_fixed_embedding(model) else None
+    fixed, batch_norm = _has_fixed_embedding(model), has_batch_norm(model)
+    mask = functools.partial(_decay_mask, fixed, batch_norm) if fixed or batch_norm else None
     if isinstance(model, NoPropDT | BackpropBaseline):
         return optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
     if weight_decay == 0:
@@ -232,10 +235,22 @@ def _has_fixed_embedding(model: eqx.Module) -> bool:
     return is_fixed_embedding(getattr(model, "embedding", None))
 
 
-def _decay_all_but_fixed_embedding(params: PyTree) -> PyTree:
-    """The weight-decay mask of a model with a fixed embedding: True everywhere but there."""
+def _decay_mask(fixed_embedding: bool, batch_norm: bool, params: PyTree) -> PyTree:
+    """The weight-decay mask: True everywhere but a fixed embedding and the population
+    statistics of every BatchNorm layer."""
+    from .models import BatchNorm
+
     mask = jax.tree.map(lambda _: True, params)
-    return eqx.tree_at(lambda m: m.embedding.weight, mask, False)
+    if fixed_embedding:
+        mask = eqx.tree_at(lambda m: m.embedding.weight, mask, False)
+    if batch_norm:
+        is_bn = lambda n: isinstance(n, BatchNorm)  # noqa: E731
+        mask = jax.tree.map(
+            lambda n: eqx.tree_at(lambda b: (b.mean, b.var), n, (False, False)) if is_bn(n) else n,
+            mask,
+            is_leaf=is_bn,
+        )
+    return mask
 
 
 def _count_correct(model, x, y, num_valid, predict_kwargs, key):

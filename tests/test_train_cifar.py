@@ -72,3 +72,26 @@ def test_train_cifar10_limit_train_is_stratified(tmp_path, capfd):
     with pytest.raises(SystemExit):
         main(_example().translate([*argv, "--limit-test", "1", "--resume"]))
     assert "expected --limit-test of at least" in capfd.readouterr().err
+
+
+def test_train_cifar10_resnet_with_batch_norm(tmp_path):
+    """`--norm batch`: the run records the BatchNorm backbone, and its checkpoint holds
+    population statistics recalibrated on training images after the epoch (not the 0 and 1 a
+    BatchNorm starts from)."""
+    import jax.numpy as jnp
+
+    import noprop_eqx as npx
+
+    _write_tarball(tmp_path / "data", "cifar10", _cifar10_files(_raw(2)))
+    argv = ["--dataset", "cifar10", "--resnet_depth", "18", "--width", "4", "--norm", "batch"]
+    argv += ["--variants", "CT", "--epochs", "1", "--batch-size", "10", "--eval-steps", "2"]
+    argv += ["--inference-runs", "0", "--no-progress", "--no-verify-md5"]
+    argv += ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "runs")]
+    assert main(_example().translate(argv)) == 0
+    config = json.loads((tmp_path / "runs" / "CT" / "config.json").read_text())
+    assert config["model"] == "resnet18-w4-bn"
+    data = npx.data.load_dataset("cifar10", tmp_path / "data", verify_md5=False)
+    model = npx.load_run(tmp_path / "runs" / "CT", data)[0]
+    stem = model.net.stem_norm
+    assert isinstance(stem, npx.models.BatchNorm)
+    assert float(jnp.max(jnp.abs(stem.mean))) > 0 and float(jnp.max(jnp.abs(stem.var - 1))) > 0

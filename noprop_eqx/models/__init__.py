@@ -6,6 +6,7 @@ from ._base import (
     decode_batched as decode_batched,
     encode_batched as encode_batched,
 )
+from ._batch_norm import BATCH_AXIS as BATCH_AXIS, BatchNorm as BatchNorm
 from ._factory import make_backbone as make_backbone
 from ._paper import (
     PaperConvStack as PaperConvStack,
@@ -18,6 +19,8 @@ from ._time_embedding import SinusoidalTimeEmbedding as SinusoidalTimeEmbedding
 
 __all__ = [
     "AbstractBackbone",
+    "BATCH_AXIS",
+    "BatchNorm",
     "apply_batched",
     "decode_batched",
     "encode_batched",

@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Key, PRNGKeyArray
 
+from ._batch_norm import BATCH_AXIS
+
 
 class AbstractBackbone(eqx.Module):
     """A network seeing one example: (z, x) for a DT block, (z, x, t) for the CT/FM network.
@@ -52,11 +54,14 @@ def apply_batched(
     keys: Key[Array, " batch"] | None = None,
 ) -> Float[Array, "batch classes"]:
     """`net` on every example of a batch. `t` is None (DT), a scalar shared by the batch (ODE
-    inference) or one time per example (training); `keys` (one per example) turns dropout on."""
+    inference) or one time per example (training); `keys` (one per example) turns dropout on,
+    and training mode: a `BatchNorm` normalises over the batch (the vmap axis `BATCH_AXIS`)."""
     if t is not None and jnp.ndim(t) == 0:
         t = jnp.broadcast_to(t, z.shape[:1])
     return jax.vmap(
-        _apply_one, in_axes=(None, 0, 0, None if t is None else 0, None if keys is None else 0)
+        _apply_one,
+        in_axes=(None, 0, 0, None if t is None else 0, None if keys is None else 0),
+        axis_name=BATCH_AXIS,
     )(net, z, x, t, keys)
 
 

@@ -8,28 +8,38 @@ from jaxtyping import PRNGKeyArray
 
 from ._base import AbstractBackbone
 from ._paper import PaperCTNet, PaperDTBlock
-from ._resnet import ResNetWrapper
+from ._resnet import NORMS, ResNetWrapper
 from ._simple import SimpleCNN
 
 BackboneSpec = str | Callable[[PRNGKeyArray], AbstractBackbone]
 BACKBONES = ("paper", "simple", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-# A ResNet name, optionally with its first-stage width: "resnet18" (width 64), "resnet18-w32".
-_RESNET_NAME = re.compile(r"(resnet\d+)(?:-w([1-9]\d*))?")
+# A ResNet name, optionally with its first-stage width and BatchNorm: "resnet18" (width 64,
+# GroupNorm), "resnet18-w32", "resnet18-bn", "resnet18-w32-bn".
+_RESNET_NAME = re.compile(r"(resnet\d+)(?:-w([1-9]\d*))?(-bn)?")
 
 
-def backbone_name(model: str, width: int = 64) -> str:
-    """The backbone name of `model` (one of `BACKBONES`) with first-stage `width`: `model`
-    itself at the standard width 64, `"resnet18-w32"` for a ResNet-18 of width 32. Only the
-    ResNets have a width."""
+def backbone_name(model: str, width: int = 64, norm: str = "group") -> str:
+    """The backbone name of `model` (one of `BACKBONES`) with first-stage `width` and
+    normalisation `norm`: `model` itself at the standard width 64 with GroupNorm,
+    `"resnet18-w32"` for a ResNet-18 of width 32, `"resnet18-w32-bn"` for one with BatchNorm.
+    Only the ResNets have a width and a choice of norm."""
     if model not in BACKBONES:
         raise ValueError(f"expected model to be one of {BACKBONES}, got {model!r}")
     if isinstance(width, bool) or not (isinstance(width, int) and width >= 1):
         raise ValueError(f"expected width to be a positive int, got {width!r}")
-    if width == 64:
-        return model
+    if norm not in NORMS:
+        raise ValueError(f"expected norm to be one of {NORMS}, got {norm!r}")
     if not model.startswith("resnet"):
-        raise ValueError(f"only the ResNet backbones have a width, got width={width} for {model!r}")
-    return f"{model}-w{width}"
+        if width != 64:
+            raise ValueError(
+                f"only the ResNet backbones have a width, got width={width} for {model!r}"
+            )
+        if norm != "group":
+            raise ValueError(
+                f"only the ResNet backbones have a choice of norm, got norm={norm!r} for {model!r}"
+            )
+        return model
+    return model + ("" if width == 64 else f"-w{width}") + ("-bn" if norm == "batch" else "")
 
 
 def make_backbone(
@@ -41,9 +51,10 @@ def make_backbone(
     time_conditioned: bool,
     key: PRNGKeyArray,
 ) -> AbstractBackbone:
-    """Builds a backbone from a name (see `BACKBONES`; a ResNet's may carry a width, as
-    `backbone_name` writes it: "resnet18-w32") or a `key -> AbstractBackbone` factory, and
-    checks that it fits the variant (classes, embedding size, image shape, time input)."""
+    """Builds a backbone from a name (see `BACKBONES`; a ResNet's may carry a width and
+    BatchNorm, as `backbone_name` writes them: "resnet18-w32", "resnet18-w32-bn") or a
+    `key -> AbstractBackbone` factory, and checks that it fits the variant (classes, embedding
+    size, image shape, time input)."""
     if spec == "paper":
         if time_conditioned:
             net = PaperCTNet(num_classes, embed_dim, image_shape, key=key)
@@ -67,14 +78,16 @@ def make_backbone(
             64 if time_conditioned else 0,
             embed_dim=embed_dim,
             image_shape=image_shape,
+            norm="batch" if match[3] else "group",
             key=key,
         )
     elif callable(spec):
         net = spec(key)
     else:
         raise ValueError(
-            f"expected backbone to be one of {BACKBONES} (a ResNet optionally with a width, "
-            f"e.g. 'resnet18-w32') or a callable key -> AbstractBackbone, got {spec!r}"
+            f"expected backbone to be one of {BACKBONES} (a ResNet optionally with a width and "
+            f"BatchNorm, e.g. 'resnet18-w32', 'resnet18-w32-bn') or a callable key -> "
+            f"AbstractBackbone, got {spec!r}"
         )
     if not isinstance(net, AbstractBackbone):
         raise TypeError(

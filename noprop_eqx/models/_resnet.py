@@ -9,6 +9,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._base import AbstractBackbone
+from ._batch_norm import BatchNorm
 from ._layers import dropout
 from ._paper import _check_image_shape
 from ._time_embedding import SinusoidalTimeEmbedding
@@ -24,11 +25,27 @@ _LAYOUTS = {
 }
 _EXPANSION = 4
 _MAX_GROUPS = 32
+NORMS = ("group", "batch")
+
+Norm = eqx.nn.GroupNorm | BatchNorm
 
 
-def _norm(channels: int) -> eqx.nn.GroupNorm:
-    # GroupNorm: stateless (no running statistics), so losses stay pure functions of one example.
+def _norm(channels: int, kind: str) -> Norm:
+    # GroupNorm: a pure function of one example. BatchNorm: the batch's statistics in training,
+    # stored population statistics at evaluation (`BatchNorm`, `recalibrate_batch_norm`).
+    if kind == "batch":
+        return BatchNorm(channels)
     return eqx.nn.GroupNorm(min(_MAX_GROUPS, channels), channels)
+
+
+def _normalise(norm: Norm, x: Array, training: bool, stats: list | None) -> Array:
+    """`norm(x)`; a BatchNorm's statistics are appended to `stats` when it is a list."""
+    if isinstance(norm, eqx.nn.GroupNorm):
+        return norm(x)
+    out, used = norm(x, training=training)
+    if stats is not None:
+        stats.append(used)
+    return out
 
 
 def _stage_channels(depth: int, width: int) -> list[int]:
@@ -40,11 +57,21 @@ def _stage_channels(depth: int, width: int) -> list[int]:
 
 class _Residual(eqx.Module):
     convs: tuple[eqx.nn.Conv2d, ...]
-    norms: tuple[eqx.nn.GroupNorm, ...]
+    norms: tuple[Norm, ...]
     shortcut: eqx.nn.Conv2d | None
-    shortcut_norm: eqx.nn.GroupNorm | None
+    shortcut_norm: Norm | None
 
-    def __init__(self, c_in: int, c_mid: int, c_out: int, stride: int, bottleneck: bool, *, key):
+    def __init__(
+        self,
+        c_in: int,
+        c_mid: int,
+        c_out: int,
+        stride: int,
+        bottleneck: bool,
+        norm: str = "group",
+        *,
+        key,
+    ):
         keys = jr.split(key, 4)
         if bottleneck:
             shapes = [(c_in, c_mid, 1, 1, 0), (c_mid, c_mid, 3, stride, 1), (c_mid, c_out, 1, 1, 0)]
@@ -54,23 +81,31 @@ class _Residual(eqx.Module):
             eqx.nn.Conv2d(i, o, k, stride=s, padding=p, use_bias=False, key=kk)
             for (i, o, k, s, p), kk in zip(shapes, keys, strict=False)
         )
-        self.norms = tuple(_norm(o) for (_, o, _, _, _) in shapes)
+        self.norms = tuple(_norm(o, norm) for (_, o, _, _, _) in shapes)
         if stride != 1 or c_in != c_out:
             self.shortcut = eqx.nn.Conv2d(
                 c_in, c_out, 1, stride=stride, use_bias=False, key=keys[3]
             )
-            self.shortcut_norm = _norm(c_out)
+            self.shortcut_norm = _norm(c_out, norm)
         else:
             self.shortcut = self.shortcut_norm = None
 
-    def __call__(self, x: Float[Array, "c h w"]) -> Float[Array, "c2 h2 w2"]:
+    def __call__(
+        self, x: Float[Array, "c h w"], training: bool = False, stats: list | None = None
+    ) -> Float[Array, "c2 h2 w2"]:
         out = x
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
-            out = norm(conv(out))
+            out = _normalise(norm, conv(out), training, stats)
             if i < len(self.convs) - 1:
                 out = jax.nn.relu(out)
-        skip = x if self.shortcut is None else self.shortcut_norm(self.shortcut(x))
+        skip = x
+        if self.shortcut is not None:
+            skip = _normalise(self.shortcut_norm, self.shortcut(x), training, stats)
         return jax.nn.relu(out + skip)
+
+    def norm_layers(self) -> list[Norm]:
+        """The block's normalisation layers in the order a forward pass applies them."""
+        return [*self.norms, *([] if self.shortcut_norm is None else [self.shortcut_norm])]
 
 
 class ResNetWrapper(AbstractBackbone):
@@ -80,9 +115,15 @@ class ResNetWrapper(AbstractBackbone):
     residual blocks, each after the first halving the resolution and doubling the channels, then
     global average pooling. Depths 18 and 34 use basic blocks (two 3×3 convolutions), 50, 101 and
     152 bottleneck blocks (1×1, 3×3, 1×1, output widened 4×); blocks per stage (2, 2, 2, 2),
-    (3, 4, 6, 3), (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3). GroupNorm (32 groups) replaces
-    BatchNorm, so the network stays a pure function of one example. `width` is the first stage's
+    (3, 4, 6, 3), (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3). `width` is the first stage's
     channel count (64 in the standard ResNets).
+
+    `norm="group"` (default): GroupNorm (32 groups), so the network stays a pure function of one
+    example. `norm="batch"`: `BatchNorm`, as in the standard ResNets: in training (a dropout key
+    given) the batch's statistics, over the `apply_batched` axis; at evaluation (no key, and
+    `encode`) population statistics, which `recalibrate_batch_norm` sets from training images
+    (`noprop-eqx train --norm batch` does it after every epoch). Only the image branch is
+    normalised; it sees the clean image alone, never z or t.
 
     Head: image → FC(256), z → FC(256), optional sinusoidal time → FC(256); sum → ReLU →
     dropout → FC(256) → ReLU → FC(m) logits. `time_embed_dim=0` gives a DT block f(z, x);
@@ -104,7 +145,7 @@ class ResNetWrapper(AbstractBackbone):
     """
 
     stem: eqx.nn.Conv2d
-    stem_norm: eqx.nn.GroupNorm
+    stem_norm: Norm
     stages: tuple[_Residual, ...]
     image_fc: eqx.nn.Linear
     label_fc: eqx.nn.Linear
@@ -117,6 +158,7 @@ class ResNetWrapper(AbstractBackbone):
     embed_dim: int = eqx.field(static=True)
     image_shape: tuple[int, int, int] = eqx.field(static=True)
     time_conditioned: bool = eqx.field(static=True)
+    norm: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -128,18 +170,21 @@ class ResNetWrapper(AbstractBackbone):
         embed_dim: int | None = None,
         image_shape: tuple[int, int, int] = (3, 32, 32),
         dropout: float = 0.2,
+        norm: str = "group",
         key: PRNGKeyArray,
     ):
         if isinstance(depth, bool) or not isinstance(depth, int) or depth not in _LAYOUTS:
             raise ValueError(f"expected depth in {sorted(_LAYOUTS)}, got {depth!r}")
         if isinstance(width, bool) or not (isinstance(width, int) and width >= 1):
             raise ValueError(f"expected width to be a positive int, got {width!r}")
+        if norm not in NORMS:
+            raise ValueError(f"expected norm to be one of {NORMS}, got {norm!r}")
         bad = [ch for ch in _stage_channels(depth, width) if ch > _MAX_GROUPS and ch % _MAX_GROUPS]
-        if bad:
+        if norm == "group" and bad:
             raise ValueError(
                 f"expected a width whose stage channel counts are each <= {_MAX_GROUPS} or a "
                 f"multiple of {_MAX_GROUPS} (GroupNorm's {_MAX_GROUPS} groups), e.g. 8, 16, 32 or "
-                f"64; got width={width}, giving {bad}"
+                f"64; got width={width}, giving {bad} (or norm='batch', which has no groups)"
             )
         c, h, w = _check_image_shape(image_shape, 8)
         embed_dim = num_classes if embed_dim is None else embed_dim
@@ -147,14 +192,16 @@ class ResNetWrapper(AbstractBackbone):
         expansion = _EXPANSION if bottleneck else 1
         keys = iter(jr.split(key, 8 + sum(counts)))
         self.stem = eqx.nn.Conv2d(c, width, 3, padding=1, use_bias=False, key=next(keys))
-        self.stem_norm = _norm(width)
+        self.stem_norm = _norm(width, norm)
         stages, c_in = [], width
         for stage, count in enumerate(counts):
             c_mid = width * 2**stage
             for i in range(count):
                 stride = 2 if (stage > 0 and i == 0) else 1
                 c_out = c_mid * expansion
-                stages.append(_Residual(c_in, c_mid, c_out, stride, bottleneck, key=next(keys)))
+                stages.append(
+                    _Residual(c_in, c_mid, c_out, stride, bottleneck, norm, key=next(keys))
+                )
                 c_in = c_out
         self.stages = tuple(stages)
         self.image_fc = eqx.nn.Linear(c_in, 256, key=next(keys))
@@ -171,6 +218,7 @@ class ResNetWrapper(AbstractBackbone):
         self.embed_dim = embed_dim
         self.image_shape = (c, h, w)
         self.time_conditioned = bool(time_embed_dim)
+        self.norm = norm
 
     def __call__(self, z, x, t=None, *, key=None):
         if self.time_conditioned != (t is not None):
@@ -178,13 +226,31 @@ class ResNetWrapper(AbstractBackbone):
                 f"this ResNetWrapper has time_conditioned={self.time_conditioned}: call it as "
                 + ("f(z, x, t)" if self.time_conditioned else "f(z, x)")
             )
-        return self._head(z, self.encode(x), t, key)
+        # Training (a dropout key) normalises a BatchNorm branch with the batch's statistics.
+        features = self._features(x, training=key is not None, stats=None)
+        return self._head(z, features, t, key)
 
     def encode(self, x: Float[Array, "c h w"]) -> Float[Array, " 256"]:
-        x = jax.nn.relu(self.stem_norm(self.stem(x)))
+        return self._features(x, training=False, stats=None)
+
+    def _features(self, x, training: bool, stats: list | None):
+        x = jax.nn.relu(_normalise(self.stem_norm, self.stem(x), training, stats))
         for block in self.stages:
-            x = block(x)
+            x = block(x, training, stats)
         return self.image_fc(jnp.mean(x, axis=(1, 2)))
+
+    def norm_layers(self) -> list[Norm]:
+        """Every normalisation layer of the image branch, in the order a forward pass applies
+        them."""
+        return [self.stem_norm, *(n for block in self.stages for n in block.norm_layers())]
+
+    def batch_norm_statistics(self, x: Float[Array, "c h w"]) -> list[tuple[Array, Array]]:
+        """The (mean, variance) every BatchNorm layer normalises with in training, in
+        `norm_layers` order, for the batch of the `BATCH_AXIS` vmap axis this image is part of
+        (`recalibrate_batch_norm` averages them over batches)."""
+        stats: list = []
+        self._features(x, training=True, stats=stats)
+        return stats
 
     def decode(self, z, features, t=None):
         return self._head(z, features, t, None)
