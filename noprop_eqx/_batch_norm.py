@@ -13,17 +13,13 @@ import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
 from .models import ResNetWrapper
-from .models._batch_norm import BATCH_AXIS, BatchNorm
+from .models._batch_norm import BATCH_AXIS, is_batch_norm
 from .models._factory import index_stacked
 
 
 def has_batch_norm(model: PyTree) -> bool:
     """Whether `model` holds any `BatchNorm` layer."""
-    return any(isinstance(n, BatchNorm) for n in jax.tree.leaves(model, is_leaf=_is_batch_norm))
-
-
-def _is_batch_norm(node) -> bool:
-    return isinstance(node, BatchNorm)
+    return any(is_batch_norm(n) for n in jax.tree.leaves(model, is_leaf=is_batch_norm))
 
 
 def _batch_norm_backbones(model: PyTree) -> list[ResNetWrapper]:
@@ -40,37 +36,36 @@ def _batch_statistics(net: ResNetWrapper, x):
     return jax.vmap(net.batch_norm_statistics, axis_name=BATCH_AXIS, out_axes=None)(x)
 
 
-def _population(net: ResNetWrapper, batches: list[np.ndarray]) -> list[tuple]:
+def _stack(trees: list[PyTree]) -> PyTree:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _population(net: ResNetWrapper, batches: list[jax.Array]) -> list[tuple]:
     """Each layer's (mean, variance) over the images of `batches`: the mean of the batch means,
     and the mean of the batch variances plus the variance of the batch means (equal batches)."""
-    per_batch = [_batch_statistics(net, jnp.asarray(b)) for b in batches]
-    out = []
-    for layer in range(len(per_batch[0])):
-        means = jnp.stack([stats[layer][0] for stats in per_batch])
-        variances = jnp.stack([stats[layer][1] for stats in per_batch])
+
+    def combine(means, variances):
         mean = jnp.mean(means, axis=0)
-        spread = jnp.mean((means - mean[None]) ** 2, axis=0)
-        out.append((mean, jnp.mean(variances, axis=0) + spread))
-    return out
+        return mean, jnp.mean(variances, axis=0) + jnp.mean((means - mean[None]) ** 2, axis=0)
+
+    per_layer = _stack([_batch_statistics(net, b) for b in batches])  # leading batch axis
+    return [combine(means, variances) for means, variances in per_layer]
 
 
-def _recalibrated(net: ResNetWrapper, batches: list[np.ndarray]) -> ResNetWrapper:
+def _recalibrated(net: ResNetWrapper, batches: list[jax.Array]) -> ResNetWrapper:
     """`net` (one backbone, or stacked backbones with a leading block axis) with every
     BatchNorm's population statistics set from `batches`."""
-    stacked = net.stem_norm.mean.ndim == 2
-    nets = [index_stacked(net, t) for t in range(net.stem_norm.mean.shape[0])] if stacked else [net]
-    stats = [_population(n, batches) for n in nets]
-    num_layers = len(stats[0])
-    means = [jnp.stack([s[layer][0] for s in stats]) for layer in range(num_layers)]
-    variances = [jnp.stack([s[layer][1] for s in stats]) for layer in range(num_layers)]
-    if not stacked:
-        means, variances = [m[0] for m in means], [v[0] for v in variances]
+    if net.stem_norm.mean.ndim == 2:  # stacked blocks: each on its own, restacked
+        blocks = range(net.stem_norm.mean.shape[0])
+        stats = _stack([_population(index_stacked(net, t), batches) for t in blocks])
+    else:
+        stats = _population(net, batches)
 
     def where(n):
         layers = n.norm_layers()
         return [layer.mean for layer in layers] + [layer.var for layer in layers]
 
-    return eqx.tree_at(where, net, means + variances)
+    return eqx.tree_at(where, net, [m for m, _ in stats] + [v for _, v in stats])
 
 
 def recalibrate_batch_norm(
@@ -108,6 +103,6 @@ def recalibrate_batch_norm(
         )
     order = np.arange(n) if key is None else np.asarray(jr.permutation(key, n))
     count = max(1, min(num_images, n) // batch_size)
-    batches = [x[order[i * batch_size : (i + 1) * batch_size]] for i in range(count)]
+    batches = [jnp.asarray(x[order[i * batch_size : (i + 1) * batch_size]]) for i in range(count)]
     updated = [_recalibrated(b, batches) for b in backbones]
     return eqx.tree_at(_batch_norm_backbones, model, updated)

@@ -238,17 +238,17 @@ def _has_fixed_embedding(model: eqx.Module) -> bool:
 def _decay_mask(fixed_embedding: bool, batch_norm: bool, params: PyTree) -> PyTree:
     """The weight-decay mask: True everywhere but a fixed embedding and the population
     statistics of every BatchNorm layer."""
-    from .models import BatchNorm
+    from .models._batch_norm import is_batch_norm
+
+    def frozen_statistics(n):
+        return eqx.tree_at(lambda b: (b.mean, b.var), n, (False, False))
 
     mask = jax.tree.map(lambda _: True, params)
     if fixed_embedding:
         mask = eqx.tree_at(lambda m: m.embedding.weight, mask, False)
     if batch_norm:
-        is_bn = lambda n: isinstance(n, BatchNorm)  # noqa: E731
         mask = jax.tree.map(
-            lambda n: eqx.tree_at(lambda b: (b.mean, b.var), n, (False, False)) if is_bn(n) else n,
-            mask,
-            is_leaf=is_bn,
+            lambda n: frozen_statistics(n) if is_batch_norm(n) else n, mask, is_leaf=is_batch_norm
         )
     return mask
 

@@ -62,3 +62,8 @@ class BatchNorm(eqx.Module):
             centred = x - mean[:, None, None]
         scale = self.weight * jax.lax.rsqrt(var + self.eps)
         return centred * scale[:, None, None] + self.bias[:, None, None], (mean, var)
+
+
+def is_batch_norm(node) -> bool:
+    """Whether a pytree node is a `BatchNorm` layer (an `is_leaf` for `jax.tree` functions)."""
+    return isinstance(node, BatchNorm)
