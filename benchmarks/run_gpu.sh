@@ -7,17 +7,20 @@
 # Stages, most important first; each has its own time limit, clipped so that the whole script
 # ends inside the budget, and a failing stage does not stop the next:
 #   1. environment (nvidia-smi, JAX devices);
-#   2. epoch_time.py: one MNIST-sized epoch (469 steps, batch 128) of DT and backprop, float32
-#      and bfloat16, through the CLI's loop with one call per step (host) and with a tenth of an
-#      epoch per call (host-scan), with batches on the device (device), and as one compiled
-#      scan (scan);
-#   3. train_throughput.py: every DT strategy, CT, FM and backprop at batch 128 (ms/step, FLOP/s
+#   2. MNIST under the paper's protocol on real data, three runs at once on the one GPU, each
+#      training seeds 0 1 2 in one compiled step: DT one-hot, DT prototype and backprop, for
+#      $PROTOCOL_EPOCHS epochs (default 10; the paper's 100 do not fit one session's budget);
+#   3. seeds.py: a step of 1, 3 and 5 seeds, DT and FM (the form the GPU picks);
+#   4. torch_reference.py on CUDA, eager and torch.compile;
+#   5. train_throughput.py: every DT strategy, CT, FM and backprop at batch 128 (ms/step, FLOP/s
 #      against an 8192² matmul in the same run, memory);
-#   4. MNIST training on real data, four runs at once on the one GPU: DT one-hot float32 and
-#      bfloat16 (the accuracy effect of bf16), DT prototype, backprop for longer;
-#   5. torch_reference.py on CUDA.
+#   6. epoch_time.py: one MNIST-sized epoch (469 steps, batch 128) of DT, float32 and bfloat16,
+#      through the CLI's loop (host, host-scan), with batches on the device, and as one scan.
 # Everything lands in $OUT/gpu.tgz (results/ and runs/ without checkpoints) and $OUT/log.txt.
 # QUICK=1 shrinks every stage to seconds (a dry run on CPU).
+#
+# The data does not travel with the repository: copy the MNIST folder into a folder that git
+# ignores (say .gpudata/mnist), carry it, and point NOPROP_DATA_DIR at it.
 set -u
 START=$(date +%s)
 BUDGET=${1:-540}
@@ -61,20 +64,18 @@ train() { # train NAME ARGS...: one CLI run (cut at $TLIMIT s), its log beside t
   echo "$name: rc $?"
 }
 
-trainings() { # four runs at once on the one GPU
-  local e_dt=8 e_bp=20 extra=()
-  if ((Q)); then e_dt=1 e_bp=1 extra=(--limit-train 256 --limit-test 256); fi
-  local common=(--lr-schedule cosine --seed 0 "${extra[@]}")
-  train DT-f32 --variants DT --epochs $e_dt --out "$W/runs/f32" "${common[@]}" &
-  train DT-bf16 --variants DT --epochs $e_dt --compute-dtype bfloat16 --out "$W/runs/bf16" \
+protocol() { # three protocol runs at once on the one GPU, seeds 0 1 2 each
+  local e=${PROTOCOL_EPOCHS:-10} extra=()
+  if ((Q)); then e=1 extra=(--limit-train 256 --limit-test 256); fi
+  local common=(--seeds 0 1 2 --epochs "$e" --lr-schedule cosine "${extra[@]}")
+  train DT-protocol --variants DT --out "$W/runs/protocol" "${common[@]}" &
+  train DT-prototype-protocol --variants DT --embedding prototype --out "$W/runs/protocol-proto" \
     "${common[@]}" &
-  train DT-prototype --variants DT --embedding prototype --epochs $e_dt --out "$W/runs/f32" \
-    "${common[@]}" &
-  train BP --variants BP --epochs $e_bp --out "$W/runs/f32" "${common[@]}" &
+  train BP-protocol --variants BP --out "$W/runs/protocol" "${common[@]}" &
   wait
-  tail -n 3 "$W"/runs/*.log
+  tail -n 4 "$W"/runs/*.log
 }
-export -f env_info train trainings
+export -f env_info train protocol
 export W PY Q
 
 epoch_times() { # DT in every mode and dtype; backprop through the CLI's loop
@@ -88,19 +89,22 @@ epoch_times() { # DT in every mode and dtype; backprop through the CLI's loop
 export -f epoch_times
 
 if ((Q)); then
-  THRU=(--quick) TORCH=(--quick)
+  THRU=(--quick) TORCH=(--quick --torch-compile none default) SEEDS=(--quick)
 else
   THRU=(--networks mnist --batch-sizes 128 --repeats 10 --warmup 2 --matmul-size 8192
     --variants DT-auto DT-blockwise DT-loop DT-vmap DT-scan DT-low backprop CT FM)
-  TORCH=(--networks mnist --batch-sizes 128 --repeats 10 --warmup 2)
+  TORCH=(--networks mnist --batch-sizes 128 --repeats 10 --warmup 2
+    --torch-compile none default max-autotune-no-cudagraphs)
+  SEEDS=(--variants DT FM --seeds 1 3 5 --repeats 10 --matmul-size 8192)
 fi
 
 stage environment 30 env_info
-stage epoch_time 170 epoch_times
-stage train_throughput 130 $PY benchmarks/train_throughput.py "${THRU[@]}" \
+stage protocol $(($(left) - 200)) protocol
+stage seeds 60 $PY benchmarks/seeds.py "${SEEDS[@]}" --out-dir "$W/results" --tag h200
+stage torch_reference 90 $PY benchmarks/torch_reference.py "${TORCH[@]}" \
+  --out-dir "$W/results" --tag h200-compile
+stage train_throughput 60 $PY benchmarks/train_throughput.py "${THRU[@]}" \
   --out-dir "$W/results" --tag h200
-stage mnist_training $(($(left) - 60)) trainings
-stage torch_reference 45 $PY benchmarks/torch_reference.py "${TORCH[@]}" \
-  --out-dir "$W/results" --tag h200
+stage epoch_time 60 epoch_times
 pack
 echo "== done at $(($(date +%s) - START)) s" | tee -a "$LOG"
