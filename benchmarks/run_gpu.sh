@@ -66,7 +66,8 @@ train() { # train NAME ARGS...: one CLI run (cut at $TLIMIT s), its log beside t
 
 protocol() { # three protocol runs at once on the one GPU, seeds 0 1 2 each
   local e=${PROTOCOL_EPOCHS:-10} extra=()
-  if ((Q)); then e=1 extra=(--limit-train 256 --limit-test 256); fi
+  # QUICK: SimpleCNN, as three 3-seed compiles of the paper network take many minutes on a CPU
+  if ((Q)); then e=1 extra=(--model simple --limit-train 256 --limit-test 256); fi
   local common=(--seeds 0 1 2 --epochs "$e" --lr-schedule cosine "${extra[@]}")
   train DT-protocol --variants DT --out "$W/runs/protocol" "${common[@]}" &
   train DT-prototype-protocol --variants DT --embedding prototype --out "$W/runs/protocol-proto" \
