@@ -14,8 +14,9 @@
 #   4. torch_reference.py on CUDA, eager and torch.compile;
 #   5. train_throughput.py: every DT strategy, CT, FM and backprop at batch 128 (ms/step, FLOP/s
 #      against an 8192² matmul in the same run, memory);
-#   6. epoch_time.py: one MNIST-sized epoch (469 steps, batch 128) of DT, float32 and bfloat16,
-#      through the CLI's loop (host, host-scan), with batches on the device, and as one scan.
+#   6. epoch_time.py: one MNIST-sized epoch (469 steps, batch 128), float32 and bfloat16, of DT
+#      through the CLI's loop (host, host-scan), with batches on the device and as one scan, and
+#      of backprop through the CLI's loop.
 # Everything lands in $OUT/gpu.tgz (results/ and runs/ without checkpoints) and $OUT/log.txt.
 # QUICK=1 shrinks every stage to seconds (a dry run on CPU).
 #
@@ -94,8 +95,7 @@ if ((Q)); then
 else
   THRU=(--networks mnist --batch-sizes 128 --repeats 10 --warmup 2 --matmul-size 8192
     --variants DT-auto DT-blockwise DT-loop DT-vmap DT-scan DT-low backprop CT FM)
-  TORCH=(--networks mnist --batch-sizes 128 --repeats 10 --warmup 2
-    --torch-compile none default max-autotune-no-cudagraphs)
+  TORCH=(--networks mnist --batch-sizes 128 --repeats 10 --warmup 2 --torch-compile none default)
   SEEDS=(--variants DT FM --seeds 1 3 5 --repeats 10 --matmul-size 8192)
 fi
 
