@@ -12,6 +12,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import PRNGKeyArray, PyTree
 
+from ._seeds import stack_trees
 from .models import ResNetWrapper
 from .models._batch_norm import BATCH_AXIS, is_batch_norm
 from .models._factory import index_stacked
@@ -36,10 +37,6 @@ def _batch_statistics(net: ResNetWrapper, x):
     return jax.vmap(net.batch_norm_statistics, axis_name=BATCH_AXIS, out_axes=None)(x)
 
 
-def _stack(trees: list[PyTree]) -> PyTree:
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
 def _population(net: ResNetWrapper, batches: list[jax.Array]) -> list[tuple]:
     """Each layer's (mean, variance) over the images of `batches`: the mean of the batch means,
     and the mean of the batch variances plus the variance of the batch means (equal batches)."""
@@ -48,7 +45,7 @@ def _population(net: ResNetWrapper, batches: list[jax.Array]) -> list[tuple]:
         mean = jnp.mean(means, axis=0)
         return mean, jnp.mean(variances, axis=0) + jnp.mean((means - mean[None]) ** 2, axis=0)
 
-    per_layer = _stack([_batch_statistics(net, b) for b in batches])  # leading batch axis
+    per_layer = stack_trees([_batch_statistics(net, b) for b in batches])  # leading batch axis
     return [combine(means, variances) for means, variances in per_layer]
 
 
@@ -57,7 +54,7 @@ def _recalibrated(net: ResNetWrapper, batches: list[jax.Array]) -> ResNetWrapper
     BatchNorm's population statistics set from `batches`."""
     if net.stem_norm.mean.ndim == 2:  # stacked blocks: each on its own, restacked
         blocks = range(net.stem_norm.mean.shape[0])
-        stats = _stack([_population(index_stacked(net, t), batches) for t in blocks])
+        stats = stack_trees([_population(index_stacked(net, t), batches) for t in blocks])
     else:
         stats = _population(net, batches)
 
