@@ -18,6 +18,7 @@ from ._checkpoint import (
     save_checkpoint as save_checkpoint,
 )
 from ._config import ConfigError as ConfigError, RunConfig as RunConfig
+from ._continuous import AbstractContinuousNoProp as AbstractContinuousNoProp
 from ._ct import NoPropCT as NoPropCT
 from ._dt import NoPropDT as NoPropDT, default_dt_strategy as default_dt_strategy
 from ._dt_step import (
@@ -86,6 +87,7 @@ __all__ = [
     "train",
     "CPU_COMPILER_OPTIONS",
     "AbstractClassEmbedding",
+    "AbstractContinuousNoProp",
     "BackpropBaseline",
     "CompiledStep",
     "LearnedEmbedding",

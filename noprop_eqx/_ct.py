@@ -1,13 +1,13 @@
 """NoProp-CT: one time-conditioned network and a learned noise schedule (Eq. 9; Algorithm 2)."""
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped
 
-from ._checks import check_batch, check_images, check_time
+from ._checks import check_batch, check_time
+from ._continuous import AbstractContinuousNoProp
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
 from ._losses import (
     check_t_sampling,
@@ -18,13 +18,12 @@ from ._losses import (
     sample_times,
     weighted_denoising_term,
 )
-from ._solve import ODESolution, integrate
-from .models import AbstractBackbone, apply_batched, decode_batched, encode_batched
+from .models import AbstractBackbone, apply_batched, decode_batched
 from .models._factory import BackboneSpec, make_backbone
 from .noise_schedules import AbstractNoiseSchedule, LearnedNoiseSchedule
 
 
-class NoPropCT(eqx.Module):
+class NoPropCT(AbstractContinuousNoProp):
     """NoProp-CT: û_θ(z_t, x, t), a class embedding, a linear readout and a (by default
     learned) noise schedule. Inference integrates the probability-flow ODE with Diffrax.
 
@@ -67,14 +66,6 @@ class NoPropCT(eqx.Module):
         self.eta = eta
         self.t_sampling = check_t_sampling(t_sampling)
 
-    @property
-    def num_classes(self) -> int:
-        return self.embedding.num_classes
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.net.image_shape
-
     def loss_fn(
         self, batch: tuple[Shaped[ArrayLike, "batch c h w"], ArrayLike], key: PRNGKeyArray
     ) -> tuple[Float[Array, ""], dict[str, Array]]:
@@ -110,23 +101,14 @@ class NoPropCT(eqx.Module):
         loss = ce + kl + denoise
         return loss, dict(loss=loss, ce=ce, kl=kl, denoise=denoise)
 
-    def vector_field(
-        self, t: Float[ArrayLike, ""], z: Float[Array, "batch dim"], x: Float[Array, "batch c h w"]
-    ) -> Float[Array, "batch dim"]:
-        """The probability-flow (DDIM-form) ODE of q, with û as the clean-label estimate:
-
-            ε̂ = (z - √ᾱ_t û) / √(1 - ᾱ_t),   dz/dt = (d√ᾱ_t/dt) û + (d√(1 - ᾱ_t)/dt) ε̂.
-
-        Diffrax's signature f(t, z, args), with args = the images. (`solve` integrates the same
-        field on the encoded images, `feature_vector_field`.)
-        """
-        return self.feature_vector_field(t, z, encode_batched(self.net, x))
-
     def feature_vector_field(
         self, t: Float[ArrayLike, ""], z: Float[Array, "batch dim"], features: Array
     ) -> Float[Array, "batch dim"]:
-        """`vector_field` with args = `encode_batched(self.net, x)`: the image branch runs once
-        per solve rather than once per function evaluation."""
+        """The probability-flow (DDIM-form) ODE of q, with û as the clean-label estimate:
+
+            ε̂ = (z - √ᾱ_t û) / √(1 - ᾱ_t),   dz/dt = (d√ᾱ_t/dt) û + (d√(1 - ᾱ_t)/dt) ε̂,
+
+        with args = `encode_batched(self.net, x)` (`vector_field` takes the images)."""
         t = check_time(t)
         signal, d_signal, noise, d_noise = self.schedule.sqrt_alpha_bar_and_derivative(t)
         w_embed = self.embedding.matrix()
@@ -135,37 +117,8 @@ class NoPropCT(eqx.Module):
         eps_hat = (z - signal * u_hat) / noise
         return d_signal * u_hat + d_noise * eps_hat
 
-    def solve(
-        self,
-        x: Shaped[ArrayLike, "batch c h w"],
-        *,
-        key: PRNGKeyArray | None = None,
-        solver: diffrax.AbstractSolver | None = None,
-        num_steps: int | None = None,
-        dt0: float | None = None,
-        stepsize_controller: diffrax.AbstractStepSizeController | None = None,
-        max_steps: int = 4096,
-    ) -> ODESolution:
-        """Integrates the ODE from z_0 (N(0, I) with `key`, else 0) to z_1; see `integrate`."""
-        x = check_images(x, self.image_shape)
-        shape = (x.shape[0], self.embedding.dim)
-        z0 = jnp.zeros(shape) if key is None else jr.normal(key, shape)
-        return integrate(
-            self.feature_vector_field,
-            z0,
-            encode_batched(self.net, x),
-            solver=solver,
-            num_steps=num_steps,
-            dt0=dt0,
-            stepsize_controller=stepsize_controller,
-            max_steps=max_steps,
-        )
-
     def logits(
         self, x: Shaped[ArrayLike, "batch c h w"], **solve_kwargs
     ) -> Float[Array, "batch classes"]:
         """readout(z_1), with z_1 from `solve(x, **solve_kwargs)`."""
         return jax.vmap(self.readout)(self.solve(x, **solve_kwargs).z1)
-
-    def predict(self, x: Shaped[ArrayLike, "batch c h w"], **solve_kwargs) -> Int[Array, " batch"]:
-        return jnp.argmax(self.logits(x, **solve_kwargs), axis=-1)

@@ -1,21 +1,20 @@
 """NoProp-FM: flow matching on the class embedding (Eq. 10-13; Algorithm 3)."""
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray, Shaped
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped
 
-from ._checks import check_batch, check_images, check_time
+from ._checks import check_batch, check_time
+from ._continuous import AbstractContinuousNoProp
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
 from ._losses import check_t_sampling, flow_matching_term, readout_cross_entropy, sample_times
-from ._solve import ODESolution, integrate
-from .models import AbstractBackbone, apply_batched, decode_batched, encode_batched
+from .models import AbstractBackbone, apply_batched, decode_batched
 from .models._factory import BackboneSpec, make_backbone
 
 
-class NoPropFM(eqx.Module):
+class NoPropFM(AbstractContinuousNoProp):
     """NoProp-FM: a velocity v_θ(z_t, x, t) = logits · W_embed transporting N(0, I) to u_y along
     z_t = t u_y + (1 - t) z_0 (+ σ ε). Predicts the class whose embedding is nearest to z_1.
     The readout is used only by the anchor term when the embedding is trainable.
@@ -55,14 +54,6 @@ class NoPropFM(eqx.Module):
         self.sigma = sigma
         self.t_sampling = check_t_sampling(t_sampling)
 
-    @property
-    def num_classes(self) -> int:
-        return self.embedding.num_classes
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.net.image_shape
-
     def loss_fn(
         self, batch: tuple[Shaped[ArrayLike, "batch c h w"], ArrayLike], key: PRNGKeyArray
     ) -> tuple[Float[Array, ""], dict[str, Array]]:
@@ -96,46 +87,13 @@ class NoPropFM(eqx.Module):
         aux["loss"] = loss
         return loss, aux
 
-    def vector_field(
-        self, t: Float[ArrayLike, ""], z: Float[Array, "batch dim"], x: Float[Array, "batch c h w"]
-    ) -> Float[Array, "batch dim"]:
-        """dz/dt = v_θ(z, x, t) = logits · W_embed; Diffrax's signature with args = the images.
-        (`solve` integrates the same field on the encoded images, `feature_vector_field`.)"""
-        return self.feature_vector_field(t, z, encode_batched(self.net, x))
-
     def feature_vector_field(
         self, t: Float[ArrayLike, ""], z: Float[Array, "batch dim"], features: Array
     ) -> Float[Array, "batch dim"]:
-        """`vector_field` with args = `encode_batched(self.net, x)`: the image branch runs once
-        per solve rather than once per function evaluation."""
+        """dz/dt = v_θ(z, x, t) = logits · W_embed, with args = `encode_batched(self.net, x)`
+        (`vector_field` takes the images)."""
         t = check_time(t)
         return decode_batched(self.net, z, features, t) @ self.embedding.matrix()
-
-    def solve(
-        self,
-        x: Shaped[ArrayLike, "batch c h w"],
-        *,
-        key: PRNGKeyArray | None = None,
-        solver: diffrax.AbstractSolver | None = None,
-        num_steps: int | None = None,
-        dt0: float | None = None,
-        stepsize_controller: diffrax.AbstractStepSizeController | None = None,
-        max_steps: int = 4096,
-    ) -> ODESolution:
-        """Integrates dz/dt = v_θ from z_0 (N(0, I) with `key`, else 0) to z_1; see `integrate`."""
-        x = check_images(x, self.image_shape)
-        shape = (x.shape[0], self.embedding.dim)
-        z0 = jnp.zeros(shape) if key is None else jr.normal(key, shape)
-        return integrate(
-            self.feature_vector_field,
-            z0,
-            encode_batched(self.net, x),
-            solver=solver,
-            num_steps=num_steps,
-            dt0=dt0,
-            stepsize_controller=stepsize_controller,
-            max_steps=max_steps,
-        )
 
     def logits(
         self, x: Shaped[ArrayLike, "batch c h w"], **solve_kwargs
@@ -144,6 +102,3 @@ class NoPropFM(eqx.Module):
         z1 = self.solve(x, **solve_kwargs).z1
         w_embed = self.embedding.matrix()
         return -jnp.sum((z1[:, None, :] - w_embed[None]) ** 2, axis=-1)
-
-    def predict(self, x: Shaped[ArrayLike, "batch c h w"], **solve_kwargs) -> Int[Array, " batch"]:
-        return jnp.argmax(self.logits(x, **solve_kwargs), axis=-1)

@@ -126,3 +126,41 @@ def test_solve_on_encoded_images_equals_the_image_vector_field(fm_field):
         z0 = jnp.zeros((x.shape[0], m.embedding.dim))
         expected = npx.integrate(m.vector_field, z0, x, num_steps=7).z1
         np.testing.assert_allclose(m.solve(x, num_steps=7).z1, expected, rtol=1e-5, atol=1e-5)
+
+
+class _LinearFlow(npx.AbstractContinuousNoProp):
+    """A user's own ODE variant on the shared base: dz/dt = (1 + t) c with a constant c, so
+    z(1) = z(0) + 1.5 c exactly, and Heun (second order) integrates it without error."""
+
+    net: npx.models.AbstractBackbone
+    embedding: npx.AbstractClassEmbedding
+    c: jax.Array
+
+    def feature_vector_field(self, t, z, features):
+        return jnp.broadcast_to((1.0 + t) * self.c, z.shape)
+
+    def logits(self, x, **solve_kwargs):
+        z1 = self.solve(x, **solve_kwargs).z1
+        return -jnp.sum((z1[:, None, :] - self.embedding.matrix()[None]) ** 2, axis=-1)
+
+
+def test_a_user_variant_on_the_shared_ode_base(getkey):
+    fm = npx.NoPropFM(3, SHAPE, backbone="simple", key=getkey())
+    assert isinstance(fm, npx.AbstractContinuousNoProp)
+    assert isinstance(
+        npx.NoPropCT(3, SHAPE, backbone="simple", key=getkey()), npx.AbstractContinuousNoProp
+    )
+    c = jnp.array([0.0, 2.0 / 1.5, 0.0])  # carries z_0 = 0 to the second one-hot embedding
+    flow = _LinearFlow(fm.net, fm.embedding, c)
+    x = jr.normal(getkey(), (4, *SHAPE))
+    assert flow.num_classes == 3 and flow.image_shape == SHAPE
+    sol = flow.solve(x, solver=diffrax.Heun(), num_steps=3)
+    np.testing.assert_allclose(sol.z1, jnp.broadcast_to(1.5 * c, (4, 3)), atol=1e-6)
+    assert int(sol.nfe) == 6
+    np.testing.assert_array_equal(flow.predict(x), jnp.ones(4, jnp.int32))
+    z0 = jr.normal(getkey(), (4, 3))
+    np.testing.assert_allclose(
+        npx.integrate(flow.vector_field, z0, x, num_steps=2).z1, z0 + 1.5 * c[None], atol=1e-6
+    )
+    with pytest.raises(TypeError):
+        npx.AbstractContinuousNoProp()  # abstract: no feature_vector_field or logits
