@@ -9,6 +9,11 @@ the recorded inference runs, with the deterministic (ε = 0, z_0 = 0) accuracy b
     python benchmarks/mnist_results.py --write benchmarks/results/mnist.md
     python benchmarks/mnist_results.py --full-data   # all 60k training / 10k test images only
     python benchmarks/mnist_results.py --protocol    # the paper's protocol: one row per seed set
+    python benchmarks/mnist_results.py --protocol --pool --results benchmarks/results/cifar10.json
+
+`--pool` also pools runs made separately (`--seed 0`, then `--seeds 1 2`, ...) whose settings
+agree in everything but the seed: one row per set of settings, over the latest record of each
+seed.
 """
 
 import argparse
@@ -31,6 +36,48 @@ PAPER = {
     ("FM", "learned"): 99.29,
     ("FM", "prototype"): 98.52,
 }
+# Table 1, CIFAR-10 (the one-hot rows and DT's prototype row).
+PAPER_CIFAR10 = {
+    ("BP", "one-hot"): 79.92,
+    ("DT", "one-hot"): 79.25,
+    ("DT", "prototype"): 80.54,
+    ("CT", "one-hot"): 73.35,
+    ("FM", "one-hot"): 73.14,
+}
+# What must agree for records of different seeds to be pooled into one protocol row.
+SETTINGS = (
+    "dataset",
+    "variant",
+    "embedding",
+    "embed_dim",
+    "prototype_scale",
+    "fixed_embedding",
+    "augment_shift",
+    "num_blocks",
+    "model",
+    "norm",
+    "width",
+    "epochs",
+    "batch_size",
+    "lr",
+    "lr_schedule",
+    "weight_decay",
+    "optimizer",
+    "ct_gamma_init",
+    "compute_dtype",
+    "limit_train",
+    "limit_test",
+    "subset_seed",
+    "test_size",
+    "inference_solver",
+    "eval_steps",
+)
+
+
+def paper_value(r: dict) -> float | None:
+    """Table 1's figure for the record's dataset, variant and embedding, if it has one."""
+    table = {"mnist": PAPER, "cifar10": PAPER_CIFAR10}.get(r.get("dataset"), {})
+    return table.get((r["variant"], r["embedding"]))
 
 
 def _pct(x: float | None) -> str:
@@ -69,6 +116,8 @@ def epochs_cell(r: dict) -> str:
         notes.append("cosine lr")
     if r.get("augment_shift"):
         notes.append(f"shift aug. ±{r['augment_shift']} px")
+    if r.get("weight_decay") == 0:
+        notes.append("no weight decay")
     return str(r["epochs"]) + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -88,7 +137,7 @@ def table(records: list[dict]) -> str:
         if r.get("inference_solver"):
             steps = r.get("eval_steps")
             infer = f"{r['inference_solver']}{'' if steps is None else f' {steps}'} ({r['nfe']})"
-        paper = PAPER.get((r["variant"], r["embedding"])) if r["dataset"] == "mnist" else None
+        paper = paper_value(r)
         lines.append(
             "| "
             + " | ".join(
@@ -116,23 +165,52 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def protocol_table(records: list[dict]) -> str:
-    """One row per multi-seed run (`noprop-eqx train --seeds ...`): the paper's statistic, mean
-    ± s.e. over every seed's stochastic runs, beside the deterministic read-out's mean ± s.e.
-    over the seeds. Records of one run share `protocol_seeds`, variant, embedding and command."""
+def _protocol_rows(records: list[dict]) -> list[dict]:
+    """The first record of each multi-seed run; its records share `protocol_seeds`, variant,
+    embedding, epochs, command and commit, and each carries the run's statistic."""
     rows: dict[tuple, dict] = {}
     for r in records:
         if not r.get("protocol_seeds"):
             continue
         key = (r["variant"], r["embedding"], r["epochs"], r["command"], r.get("commit"))
         rows.setdefault(key, r)
+    return list(rows.values())
+
+
+def _pooled_rows(records: list[dict]) -> list[dict]:
+    """One row per set of `SETTINGS` that at least two seeds share, single-seed and multi-seed
+    runs alike; the latest finished record of each seed counts (a run stopped early by
+    `--stop-after` does not). The statistic is recomputed over the pooled records."""
+    from noprop_eqx import protocol_statistic
+
+    groups: dict[tuple, dict[int, dict]] = {}
+    for r in records:
+        if r.get("planned_epochs", r["epochs"]) != r["epochs"]:
+            continue
+        key = tuple(json.dumps(r.get(name), sort_keys=True) for name in SETTINGS)
+        groups.setdefault(key, {})[r["seed"]] = r
+    rows = []
+    for by_seed in groups.values():
+        if len(by_seed) < 2:
+            continue
+        seeds = sorted(by_seed)
+        pooled = [by_seed[seed] for seed in seeds]
+        commits = sorted({str(r.get("commit")) for r in pooled})
+        rows.append(dict(pooled[0], **protocol_statistic(pooled), commit=" ".join(commits)))
+    return rows
+
+
+def protocol_table(records: list[dict], *, pool: bool = False) -> str:
+    """One row per multi-seed run (`noprop-eqx train --seeds ...`), or with `pool` per set of
+    settings several seeds share: the paper's statistic, mean ± s.e. over every seed's
+    stochastic runs, beside the deterministic read-out's mean ± s.e. over the seeds."""
     head = (
         "| variant | embedding | epochs | seeds | stochastic % (paper's read-out, n) "
         "| deterministic % (mean over seeds) | paper % | device | commit |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows.values():
-        paper = PAPER.get((r["variant"], r["embedding"])) if r["dataset"] == "mnist" else None
+    for r in _pooled_rows(records) if pool else _protocol_rows(records):
+        paper = paper_value(r)
         stochastic = "–"
         if r.get("protocol_stochastic_mean") is not None:
             stochastic = (
@@ -171,7 +249,14 @@ def main(argv=None) -> str:
         action="store_true",
         help="one row per multi-seed run: the paper's 3 seeds x 5 stochastic runs statistic",
     )
+    p.add_argument(
+        "--pool",
+        action="store_true",
+        help="with --protocol: also pool separate runs whose settings differ only in the seed",
+    )
     args = p.parse_args(argv)
+    if args.pool and not args.protocol:
+        p.error("--pool goes with --protocol")
     if not args.results.is_file():
         raise SystemExit(f"no results file at {args.results}; run noprop-eqx train --results ...")
     records = json.loads(args.results.read_text())
@@ -181,7 +266,7 @@ def main(argv=None) -> str:
         records = [
             r for r in records if r.get("limit_train") is None and r.get("limit_test") is None
         ]
-    text = protocol_table(records) if args.protocol else table(records)
+    text = protocol_table(records, pool=args.pool) if args.protocol else table(records)
     print(text, end="")
     if args.write is not None:
         args.write.write_text(text)

@@ -55,6 +55,7 @@ from ._losses import (
 )
 from ._records import RunFileError as RunFileError
 from ._run import TrainingDiverged as TrainingDiverged, train as train
+from ._run_seeds import protocol_statistic as protocol_statistic
 from ._seeds import (
     SeedsStep as SeedsStep,
     default_seeds_form as default_seeds_form,
@@ -98,6 +99,7 @@ __all__ = [
     "SeedsStep",
     "default_seeds_form",
     "make_seeds_step",
+    "protocol_statistic",
     "stack_trees",
     "unstack_tree",
     "OneHotEmbedding",

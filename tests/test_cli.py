@@ -451,3 +451,47 @@ def test_plot_metrics(tmp_path):
         module.read_series(tmp_path / "bad.jsonl")
     with pytest.raises(SystemExit):
         module.main(["no-equals-sign", "--out", str(tmp_path / "x.png")])
+
+
+def test_protocol_table_pools_separate_runs_of_one_setting(tmp_path):
+    """--pool: seed 0 run alone and seeds 1, 2 run together pool into one row when their
+    settings agree; a different weight decay, a run stopped early and a lone seed do not."""
+    module = _load_script("mnist_results")
+    base = dict(
+        variant="FM",
+        embedding="one-hot",
+        epochs=100,
+        planned_epochs=100,
+        lr_schedule="cosine",
+        weight_decay=0.001,
+        dataset="cifar10",
+        device="cpu",
+    )
+    runs = {0: [0.72, 0.73, 0.725], 1: [0.74, 0.735, 0.73], 2: [0.71, 0.715, 0.72]}
+    records = [
+        dict(
+            base,
+            seed=s,
+            final_accuracy=0.78 + 0.01 * s,
+            accuracy_stochastic_runs=r,
+            command=f"run {s}",
+            commit=f"c{min(s, 1)}",
+        )
+        for s, r in runs.items()
+    ]
+    # An older record of seed 1 (replaced by the later one), a stopped run, another setting.
+    records.insert(0, dict(records[1], accuracy_stochastic_runs=[0.1, 0.1, 0.1]))
+    records.append(dict(records[1], seed=3, epochs=40, accuracy_stochastic_runs=[0.1] * 3))
+    records.append(dict(records[1], weight_decay=0, seed=4))
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps(records))
+    assert len(module.main(["--results", str(path), "--protocol"]).splitlines()) == 2
+    lines = module.main(["--results", str(path), "--protocol", "--pool"]).splitlines()
+    assert len(lines) == 3, lines
+    values = [a for r in runs.values() for a in r]
+    mean, se = 100 * np.mean(values), 100 * np.std(values, ddof=1) / np.sqrt(9)
+    assert f"| {mean:.2f} ± {se:.2f} (n=9) |" in lines[2]
+    assert "| 79.00 ± 0.58 |" in lines[2]  # deterministic 78, 79, 80
+    assert "| 0 1 2 |" in lines[2] and "| 73.14 |" in lines[2] and "| c0 c1 |" in lines[2]
+    with pytest.raises(SystemExit):
+        module.main(["--results", str(path), "--pool"])
