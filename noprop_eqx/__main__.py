@@ -138,8 +138,20 @@ def _add_device_options(p) -> None:
         "--process-id, or JAX's environment variables (JAX_COORDINATOR_ADDRESS, ...) or "
         "cluster detection when left out",
     )
-    p.add_argument("--num-processes", type=_positive_int, default=None, metavar="N")
-    p.add_argument("--process-id", type=int, default=None, metavar="I")
+    p.add_argument(
+        "--num-processes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="several processes: how many in all (with --coordinator)",
+    )
+    p.add_argument(
+        "--process-id",
+        type=int,
+        default=None,
+        metavar="I",
+        help="several processes: this one's index, 0 to N - 1 (with --coordinator)",
+    )
 
 
 def _add_training_options(p) -> None:
@@ -186,7 +198,13 @@ def _add_training_options(p) -> None:
 
 
 def _add_model_options(p) -> None:
-    p.add_argument("--embedding", choices=EMBEDDINGS, default=DEFAULTS.embedding)
+    p.add_argument(
+        "--embedding",
+        choices=EMBEDDINGS,
+        default=DEFAULTS.embedding,
+        help="the class embedding: one-hot (default), learned (--embed-dim) or prototype (each "
+        "class's medoid training image, trained)",
+    )
     p.add_argument(
         "--prototype-scale",
         choices=PROTOTYPE_SCALES,
@@ -269,7 +287,13 @@ def _add_model_options(p) -> None:
 
 
 def _add_data_options(p) -> None:
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULTS.seed,
+        help="the run's seed: initial weights, data order, noise, dropout and the stochastic "
+        "read-out's keys (default 0)",
+    )
     p.add_argument(
         "--seeds",
         type=int,
@@ -280,7 +304,13 @@ def _add_data_options(p) -> None:
         "seed S runs in OUT/seedS/, and each record holds the mean ± s.e. over all seeds' "
         "stochastic runs",
     )
-    p.add_argument("--dataset", choices=DATASETS, default=DEFAULTS.dataset)
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default=DEFAULTS.dataset,
+        help="default mnist; digits ships with scikit-learn; the others are read from "
+        "--data-dir, else from the HuggingFace hub unless HF_HUB_OFFLINE=1",
+    )
     p.add_argument(
         "--cifar100-labels",
         choices=CIFAR100_LABELS,

@@ -495,3 +495,19 @@ def test_protocol_table_pools_separate_runs_of_one_setting(tmp_path):
     assert "| 0 1 2 |" in lines[2] and "| 73.14 |" in lines[2] and "| c0 c1 |" in lines[2]
     with pytest.raises(SystemExit):
         module.main(["--results", str(path), "--pool"])
+
+
+def test_every_train_option_says_what_it_does():
+    """`noprop-eqx train --help` explains every option (and train_cifar.py shares them)."""
+    import argparse
+
+    from noprop_eqx.__main__ import add_train_arguments
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    silent = [
+        a.option_strings[0]
+        for a in parser._actions
+        if a.option_strings and a.option_strings[0] != "-h" and not a.help
+    ]
+    assert silent == []
