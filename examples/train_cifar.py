@@ -37,7 +37,12 @@ def make_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # a prefix of a CLI option must reach the CLI
     )
     parser.add_argument("-h", "--help", action="store_true", help="show this help and exit")
-    parser.add_argument("--dataset", choices=("cifar10", "cifar100"), default="cifar10")
+    parser.add_argument(
+        "--dataset",
+        choices=("cifar10", "cifar100"),
+        default="cifar10",
+        help="default cifar10; CIFAR-100 trains on its 100 fine classes (--cifar100-labels)",
+    )
     parser.add_argument(
         "--resnet-depth",
         "--resnet_depth",
