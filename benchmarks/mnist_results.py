@@ -47,6 +47,7 @@ PAPER_CIFAR10 = {
 # What must agree for records of different seeds to be pooled into one protocol row.
 SETTINGS = (
     "dataset",
+    "data_name",
     "variant",
     "embedding",
     "embed_dim",

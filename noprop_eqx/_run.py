@@ -513,6 +513,7 @@ def final_record(
         num_blocks=config.num_blocks if variant in ("DT", "BP") else None,
         model=s["model"],
         dataset=config.dataset,
+        data_name=ds.name,
         epochs=history[-1]["epoch"],
         planned_epochs=config.epochs,
         seed=config.seed,

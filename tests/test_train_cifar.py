@@ -55,6 +55,7 @@ def test_train_cifar100_resnet_from_the_tarball(tmp_path, capfd):
     assert config["num_classes"] == 100 and config["cifar100_labels"] == "fine"
     summary = json.loads((tmp_path / "runs" / "FM" / "summary.json").read_text())
     assert summary["test_size"] == 10 and summary["epochs"] == 1
+    assert summary["data_name"] == "cifar100"  # the copy read: here the official tarball
 
 
 def test_train_cifar10_limit_train_is_stratified(tmp_path, capfd):
