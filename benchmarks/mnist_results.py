@@ -55,9 +55,7 @@ SETTINGS = (
     "fixed_embedding",
     "augment_shift",
     "num_blocks",
-    "model",
-    "norm",
-    "width",
+    "model",  # a ResNet's name carries its width and norm, e.g. "resnet18-w16-bn"
     "epochs",
     "batch_size",
     "lr",
