@@ -7,6 +7,12 @@
 # Stages, most important first; each has its own time limit, clipped so that the whole script
 # ends inside the budget, and a failing stage does not stop the next:
 #   1. environment (nvidia-smi, JAX devices);
+#   1b. CIFAR-10, when $CIFAR_DATA_DIR is set (a folder that `--data-dir` reads: the official
+#      tarball or folder, or the HF `save_to_disk` copy with `datasets` importable): the paper's
+#      Table 1 DT and backprop rows, three runs at once, seeds 0 1 2 each: DT one-hot, DT
+#      prototype, backprop. Each first trains 2 epochs of a $CIFAR_EPOCHS-epoch schedule (default
+#      150, the paper's) to measure its epoch time, then resumes if the rest fits its share of the
+#      budget, or else starts again with the epochs that fit (the cosine schedule over those);
 #   2. MNIST under the paper's protocol on real data, three runs at once on the one GPU, each
 #      training seeds 0 1 2 in one compiled step: DT one-hot, DT prototype and backprop, for
 #      $PROTOCOL_EPOCHS epochs (default 10; the paper's 100 do not fit one session's budget);
@@ -21,7 +27,12 @@
 # QUICK=1 shrinks every stage to seconds (a dry run on CPU).
 #
 # The data does not travel with the repository: copy the MNIST folder into a folder that git
-# ignores (say .gpudata/mnist), carry it, and point NOPROP_DATA_DIR at it.
+# ignores (say .gpudata/mnist), carry it, and point NOPROP_DATA_DIR at it. For CIFAR-10, copy
+# the folder that holds the CIFAR copy (cifar10-jpeg/, cifar-10-python.tar.gz, ...) likewise and
+# point CIFAR_DATA_DIR at it; the HF copy needs `datasets`, which a GPU image may lack: carry its
+# wheel and those of dill and multiprocess. A stage whose variable is unset is skipped. The
+# MNIST gz files and the CIFAR-10 JPEG copy (68 MB together) do not fit one call's 64 MiB, so
+# a session with both runs this script twice, with one data set each.
 set -u
 START=$(date +%s)
 BUDGET=${1:-540}
@@ -77,8 +88,43 @@ protocol() { # three protocol runs at once on the one GPU, seeds 0 1 2 each
   wait
   tail -n 4 "$W"/runs/*.log
 }
-export -f env_info train protocol
-export W PY Q
+cifar_run() { # cifar_run NAME ARGS...: one CIFAR-10 run, sized to fit the stage's time limit
+  local name=$1 e=${CIFAR_EPOCHS:-150} extra=()
+  shift
+  ((Q)) && e=4 extra=(--model simple --limit-train 256 --limit-test 256)
+  local common=(--dataset cifar10 --data-dir "$CIFAR_DATA_DIR" --seeds 0 1 2 --lr-schedule cosine
+    --no-progress --results "$W/results/cifar10-h200-$name.json" "${extra[@]}" "$@")
+  local out=$W/runs/cifar-$name log=$W/runs/cifar-$name.log
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout "$TLIMIT" $PY -m noprop_eqx train "${common[@]}" \
+    --out "$out" --epochs "$e" --stop-after 2 >"$log" 2>&1 || { echo "$name: failed"; return; }
+  # one epoch's training and evaluation, measured in epoch 2 (epoch 1 compiles)
+  local per left_s fit
+  per=$($PY -c "import json, sys, glob
+rows = [json.loads(x) for x in open(sorted(glob.glob(sys.argv[1]))[0])]
+print(int(rows[-1]['epoch_time_s'] + rows[-1]['eval_time_s']) + 1)" "$out/seed0/*/metrics.jsonl")
+  left_s=$((TLIMIT - SECONDS - 60)) # the final read-outs and the write-out
+  fit=$((left_s / per))
+  echo "$name: $per s an epoch, $left_s s left: $fit epochs fit"
+  if ((fit >= e - 2)); then
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout $((TLIMIT - SECONDS)) $PY -m noprop_eqx train \
+      "${common[@]}" --out "$out" --epochs "$e" --resume >>"$log" 2>&1
+  elif ((fit >= 2)); then
+    echo "$name: $e epochs do not fit; training $fit (cosine over $fit)"
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout $((TLIMIT - SECONDS)) $PY -m noprop_eqx train \
+      "${common[@]}" --out "$out-e$fit" --epochs "$fit" >>"$log" 2>&1
+  fi
+  echo "$name: rc $?"
+}
+
+cifar() { # DT one-hot, DT prototype and backprop at once on the one GPU
+  cifar_run DT --variants DT &
+  cifar_run DT-prototype --variants DT --embedding prototype &
+  cifar_run BP --variants BP &
+  wait
+  tail -n 3 "$W"/runs/cifar-*.log
+}
+export -f env_info train protocol cifar_run cifar
+export W PY Q CIFAR_DATA_DIR=${CIFAR_DATA_DIR:-}
 
 epoch_times() { # DT in every mode and dtype; backprop through the CLI's loop
   local extra=(--repeats 2)
@@ -100,7 +146,12 @@ else
 fi
 
 stage environment 30 env_info
-stage protocol $(($(left) - 200)) protocol
+if [[ -n ${CIFAR_DATA_DIR:-} ]]; then
+  stage cifar $(($(left) - ${CIFAR_RESERVE_S:-120})) cifar
+fi
+if [[ -n ${NOPROP_DATA_DIR:-} ]]; then
+  stage protocol $(($(left) - 200)) protocol
+fi
 stage seeds 60 $PY benchmarks/seeds.py "${SEEDS[@]}" --out-dir "$W/results" --tag h200
 stage torch_reference 90 $PY benchmarks/torch_reference.py "${TORCH[@]}" \
   --out-dir "$W/results" --tag h200-compile
