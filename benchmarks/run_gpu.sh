@@ -68,11 +68,16 @@ env_info() {
 equinox.__version__, optax.__version__, diffrax.__version__, jax.devices())"
 }
 
+cli() { # cli LIMIT_S ARGS...: `noprop-eqx train ARGS` in a share of the GPU's memory, cut at LIMIT_S
+  local limit=$1
+  shift
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout "$limit" $PY -m noprop_eqx train --no-progress "$@"
+}
+
 train() { # train NAME ARGS...: one CLI run (cut at $TLIMIT s), its log beside the run
   local name=$1
   shift
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout "$TLIMIT" $PY -m noprop_eqx train --no-progress \
-    --results "$W/results/mnist-h200-$name.json" "$@" >"$W/runs/$name.log" 2>&1
+  cli "$TLIMIT" --results "$W/results/mnist-h200-$name.json" "$@" >"$W/runs/$name.log" 2>&1
   echo "$name: rc $?"
 }
 
@@ -93,12 +98,13 @@ cifar_run() { # cifar_run NAME ARGS...: one CIFAR-10 run, sized to fit the stage
   shift
   ((Q)) && e=4 extra=(--model simple --limit-train 256 --limit-test 256)
   local common=(--dataset cifar10 --data-dir "$CIFAR_DATA_DIR" --seeds 0 1 2 --lr-schedule cosine
-    --no-progress --results "$W/results/cifar10-h200-$name.json" "${extra[@]}" "$@")
+    --results "$W/results/cifar10-h200-$name.json" "${extra[@]}" "$@")
   local out=$W/runs/cifar-$name log=$W/runs/cifar-$name.log
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout "$TLIMIT" $PY -m noprop_eqx train "${common[@]}" \
-    --out "$out" --epochs "$e" --stop-after 2 >"$log" 2>&1 || { echo "$name: failed"; return; }
-  # one epoch's training and evaluation, measured in epoch 2 (epoch 1 compiles)
-  local per left_s fit
+  cli "$TLIMIT" "${common[@]}" --out "$out" --epochs "$e" --stop-after 2 >"$log" 2>&1 ||
+    { echo "$name: failed"; return; }
+  # one epoch's training and evaluation, measured in epoch 2 (epoch 1 compiles); the records of
+  # this leg say epochs 2 of planned_epochs $e, and `mnist_results.py --pool` leaves them out
+  local per left_s fit rc=0
   per=$($PY -c "import json, sys, glob
 rows = [json.loads(x) for x in open(sorted(glob.glob(sys.argv[1]))[0])]
 print(int(rows[-1]['epoch_time_s'] + rows[-1]['eval_time_s']) + 1)" "$out/seed0/*/metrics.jsonl")
@@ -106,14 +112,16 @@ print(int(rows[-1]['epoch_time_s'] + rows[-1]['eval_time_s']) + 1)" "$out/seed0/
   fit=$((left_s / per))
   echo "$name: $per s an epoch, $left_s s left: $fit epochs fit"
   if ((fit >= e - 2)); then
-    XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout $((TLIMIT - SECONDS)) $PY -m noprop_eqx train \
-      "${common[@]}" --out "$out" --epochs "$e" --resume >>"$log" 2>&1
+    cli $((TLIMIT - SECONDS)) "${common[@]}" --out "$out" --epochs "$e" --resume >>"$log" 2>&1
+    rc=$?
   elif ((fit >= 2)); then
     echo "$name: $e epochs do not fit; training $fit (cosine over $fit)"
-    XLA_PYTHON_CLIENT_MEM_FRACTION=0.15 timeout $((TLIMIT - SECONDS)) $PY -m noprop_eqx train \
-      "${common[@]}" --out "$out-e$fit" --epochs "$fit" >>"$log" 2>&1
+    cli $((TLIMIT - SECONDS)) "${common[@]}" --out "$out-e$fit" --epochs "$fit" >>"$log" 2>&1
+    rc=$?
+  else
+    echo "$name: no time left for more epochs"
   fi
-  echo "$name: rc $?"
+  echo "$name: rc $rc"
 }
 
 cifar() { # DT one-hot, DT prototype and backprop at once on the one GPU
@@ -123,7 +131,7 @@ cifar() { # DT one-hot, DT prototype and backprop at once on the one GPU
   wait
   tail -n 3 "$W"/runs/cifar-*.log
 }
-export -f env_info train protocol cifar_run cifar
+export -f env_info cli train protocol cifar_run cifar
 export W PY Q CIFAR_DATA_DIR=${CIFAR_DATA_DIR:-}
 
 epoch_times() { # DT in every mode and dtype; backprop through the CLI's loop
