@@ -457,7 +457,8 @@ def end_epoch(
     run.history.append(_epoch_row(run.history, epoch, stats, accuracy, eval_time))
     if _writes():
         write_metrics(run.run_dir / "metrics.jsonl", run.history)
-    return _epoch_line(run.variant, config.epochs, run.history[-1], stats)
+    last = config.epochs if config.stop_after is None else config.stop_after
+    return _epoch_line(run.variant, config.epochs, run.history, stats, last=last)
 
 
 def _save(run: _Run) -> None:
@@ -487,13 +488,31 @@ def _epoch_row(history: list, epoch: int, stats: dict, accuracy: float, eval_tim
     )
 
 
-def _epoch_line(variant: str, epochs: int, row: dict, stats: dict) -> str:
+def _epoch_line(variant: str, epochs: int, history: list, stats: dict, *, last: int) -> str:
+    """The log line of `history[-1]`, with the time left until epoch `last` estimated from the
+    mean wall time (training and evaluation) of the last three epochs."""
+    row = history[-1]
     terms = " ".join(f"{k} {v:.4f}" for k, v in stats["loss_terms"].items() if isinstance(v, float))
-    return (
+    line = (
         f"[{variant}] epoch {row['epoch']:3d}/{epochs} | {terms} "
         f"| test acc {row['test_accuracy']:.2%} | {row['epoch_time_s']:.1f}s train + "
         f"{row['eval_time_s']:.1f}s eval | {row['images_per_s']:.0f} img/s"
     )
+    remaining = last - row["epoch"]
+    if remaining > 0:
+        recent = [r["epoch_time_s"] + r["eval_time_s"] for r in history[-3:]]
+        line += f" | ~{format_duration(remaining * sum(recent) / len(recent))} left"
+    return line
+
+
+def format_duration(seconds: float) -> str:
+    """`seconds` as "42s", "7m05s" or "3h20m"."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def final_record(

@@ -511,3 +511,25 @@ def test_every_train_option_says_what_it_does():
         if a.option_strings and a.option_strings[0] != "-h" and not a.help
     ]
     assert silent == []
+
+
+def test_epoch_line_says_the_time_left():
+    """The time left is the remaining epochs times the mean of the last three epochs' wall
+    times (training plus evaluation), and is left out after the last epoch."""
+    from noprop_eqx._run import _epoch_line, format_duration
+
+    def row(epoch, train, evaluate):
+        return dict(epoch=epoch, test_accuracy=0.5, epoch_time_s=train, eval_time_s=evaluate,
+                    images_per_s=100.0)  # fmt: skip
+
+    history = [row(1, 500.0, 100.0), row(2, 290.0, 10.0), row(3, 380.0, 20.0), row(4, 170.0, 30.0)]
+    stats = dict(loss_terms=dict(loss=0.25))
+    # epochs 2-4 took 300, 400 and 200 s: 300 s an epoch, 6 epochs left to epoch 10
+    line = _epoch_line("DT", 10, history, stats, last=10)
+    assert line.startswith("[DT] epoch   4/10 | loss 0.2500 | test acc 50.00%")
+    assert line.endswith("| ~30m00s left")
+    assert _epoch_line("DT", 10, history, stats, last=5).endswith("| ~5m00s left")
+    assert "left" not in _epoch_line("DT", 4, history, stats, last=4)
+    assert [format_duration(s) for s in (0.4, 59.4, 61.0, 3599.0, 3600.0, 12_345.0)] == [
+        "0s", "59s", "1m01s", "59m59s", "1h00m", "3h25m",
+    ]  # fmt: skip
