@@ -7,7 +7,8 @@ for CT/FM, the paper's networks, one-hot embeddings) on MNIST. Each variant writ
 optimizer state, epoch, RNG key; rewritten after every epoch) and `summary.json`;
 `--out/curves.png` plots test accuracy against epoch and training time for every variant found
 under `--out`. `--resume` continues from the checkpoint and reproduces the uninterrupted run
-exactly; `--stop-after N` stops after epoch N of a longer run, to be resumed later.
+exactly; `--stop-after N` stops after epoch N of a longer run, to be resumed later, and
+`--time-budget 2h` stops before the first epoch that would end past two hours.
 
 The options are the fields of `noprop_eqx.RunConfig`; from Python, `noprop_eqx.train(config)`
 runs the same training.
@@ -78,6 +79,26 @@ def _int_at_least(low: int, what: str):
 
 _positive_int = _int_at_least(1, "positive")
 _non_negative_int = _int_at_least(0, "non-negative")
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d*)?)h)?(?:(\d+(?:\.\d*)?)m)?(?:(\d+(?:\.\d*)?)s)?")
+
+
+def _duration(text: str) -> float:
+    """An argparse type: a time as seconds ("5400") or with units ("90m", "2h", "1h30m")."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        match = _DURATION.fullmatch(text.strip().lower())
+        if match is None or not any(match.groups()):
+            raise argparse.ArgumentTypeError(
+                f"expected a time such as 90m, 2h, 1h30m or 5400 (seconds), got {text!r}"
+            ) from None
+        h, m, s = (float(g) if g else 0.0 for g in match.groups())
+        seconds = 3600 * h + 60 * m + s
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"expected a time > 0, got {text!r}")
+    return seconds
 
 
 def _non_negative_float(text: str) -> float:
@@ -174,6 +195,15 @@ def _add_training_options(p) -> None:
         help="stop after this epoch of the --epochs run (checkpointed); continue later with "
         "the same command, --resume and without --stop-after: a time-boxed share of a long "
         "run, the learning-rate schedule still spanning --epochs",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=_duration,
+        default=None,
+        metavar="TIME",
+        help="stop, checkpointed, before an epoch that would end past TIME after the start "
+        "(e.g. 90m, 2h, 1h30m, or seconds), judging by the last three epochs; continue later "
+        "with the same command and --resume; variants not started by then are left for it",
     )
     p.add_argument(
         "--batch-size", type=_positive_int, default=DEFAULTS.batch_size, help="default 128 (paper)"

@@ -51,6 +51,7 @@ class RunConfig:
     data_dir: str | None = None
     epochs: int = 100
     stop_after: int | None = None
+    time_budget: float | None = None
     batch_size: int = 128
     lr: float = 1e-3
     lr_schedule: str = "constant"
@@ -161,6 +162,13 @@ class RunConfig:
             _expect(
                 value is None or _positive(value), f"{name} to be a positive integer or None", value
             )
+        budget = self.time_budget
+        _expect(
+            budget is None
+            or (isinstance(budget, int | float) and not isinstance(budget, bool) and budget > 0),
+            "time_budget to be a number of seconds > 0 or None",
+            budget,
+        )
         for name in ("seed", "subset_seed"):
             _expect(_is_int(getattr(self, name)), f"{name} to be an integer", getattr(self, name))
         _expect(

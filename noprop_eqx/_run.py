@@ -82,13 +82,26 @@ def train(
     where = device_name() if mesh is None else f"{device_name()}, {_mesh_text(mesh)}"
     print(f"{ds} on {where}", file=log, flush=True)
     records = []
+    deadline = None if config.time_budget is None else time.monotonic() + config.time_budget
     for variant in config.variants:
+        if deadline is not None and time.monotonic() >= deadline:
+            print(
+                f"[{variant}] not started: the --time-budget is spent; run the same command "
+                "with --resume to train it",
+                file=log,
+                flush=True,
+            )
+            continue
         if config.seeds is None:
-            done = [train_variant(variant, config, ds, command=command, log=log, mesh=mesh)]
+            done = train_variant(
+                variant, config, ds, command=command, log=log, mesh=mesh, deadline=deadline
+            )
         else:
             from ._run_seeds import train_variant_seeds
 
-            done = train_variant_seeds(variant, config, ds, command=command, log=log)
+            done = train_variant_seeds(
+                variant, config, ds, command=command, log=log, deadline=deadline
+            )
         for record in done:
             if config.results is not None and _writes():
                 append_result(config.results, record)
@@ -239,23 +252,55 @@ def train_variant(
     command: str,
     log: TextIO,
     mesh: Any = None,
-) -> dict:
-    """Trains (or resumes) one variant; returns its results record."""
+    deadline: float | None = None,
+) -> list[dict]:
+    """Trains (or resumes) one variant; returns its results record, or no record when
+    `deadline` (a `time.monotonic()` time) left no time for an epoch."""
     commit = git_commit()  # the code that trains: read now, not after a long run
     run = start_run(variant, config, ds, log, mesh=mesh)
-    train_epochs(run, config, ds, log)
-    if run.history[-1]["epoch"] < config.epochs:
-        print(
-            f"[{variant}] stopped after epoch {run.history[-1]['epoch']} of {config.epochs} "
-            "(--stop-after): run the same command with --resume and without --stop-after to "
-            "continue",
-            file=log,
-            flush=True,
-        )
+    start = run.epoch
+    if not train_epochs(run, config, ds, log, deadline) and run.epoch == start:
+        print(_no_epoch_fits(variant, run.history), file=log, flush=True)
+        return []
+    if run.epoch < config.epochs:
+        print(stop_message(variant, run.epoch, config), file=log, flush=True)
     record = final_record(run, config, ds, command=command, commit=commit, log=log)
     if _writes():
         write_json(run.run_dir / "summary.json", record)
-    return record
+    return [record]
+
+
+def stop_message(who: str, epoch: int, config: RunConfig) -> str:
+    """What a run stopped before its last epoch prints: why, and how to continue."""
+    if config.stop_after is not None and epoch >= config.stop_after:
+        why, how = "--stop-after", "with --resume and without --stop-after"
+    else:
+        why, how = "--time-budget", "with --resume"
+    return (
+        f"[{who}] stopped after epoch {epoch} of {config.epochs} ({why}): run the same "
+        f"command {how} to continue"
+    )
+
+
+def _no_epoch_fits(who: str, history: list) -> str:
+    return (
+        f"[{who}] no epoch trained: the next (~{format_duration(epoch_estimate(history))}) would "
+        "end past the --time-budget; run the same command with --resume to continue"
+    )
+
+
+def epoch_estimate(history: list) -> float:
+    """An epoch's wall time (training and evaluation), the mean of the last three epochs."""
+    recent = [r["epoch_time_s"] + r["eval_time_s"] for r in history[-3:]]
+    return sum(recent) / len(recent)
+
+
+def epoch_fits(history: list, deadline: float | None) -> bool:
+    """Whether another epoch ends before `deadline` (a `time.monotonic()` time), judging by
+    the last three epochs; a run's first epoch always starts."""
+    if deadline is None or not history:
+        return True
+    return time.monotonic() + epoch_estimate(history) <= deadline
 
 
 def start_run(
@@ -392,13 +437,22 @@ def _all_finite(tree) -> bool:
     return bool(jnp.all(jnp.asarray([jnp.all(jnp.isfinite(a)) for a in leaves])))
 
 
-def train_epochs(run: _Run, config: RunConfig, ds: data_lib.ImageDataset, log: TextIO) -> None:
+def train_epochs(
+    run: _Run,
+    config: RunConfig,
+    ds: data_lib.ImageDataset,
+    log: TextIO,
+    deadline: float | None = None,
+) -> bool:
     """The epochs from the checkpoint's to `stop_after` (or `epochs`): train, evaluate, check
-    for divergence, checkpoint, record."""
+    for divergence, checkpoint, record. Returns False when it stopped before them because the
+    next epoch would end past `deadline` (a `time.monotonic()` time)."""
     predict_kwargs = solver_kwargs(run.variant, config.eval_solver, config.eval_steps)
     augment = run_augmentation(config, ds)
     last = config.epochs if config.stop_after is None else config.stop_after
     for epoch in range(run.epoch + 1, last + 1):
+        if not epoch_fits(run.history, deadline):
+            return False
         model, opt_state, stats = train_epoch(
             run.step, run.model, run.opt_state, ds.x_train, ds.y_train,
             batch_size=config.batch_size, key=run.key, epoch=epoch,
@@ -409,6 +463,7 @@ def train_epochs(run: _Run, config: RunConfig, ds: data_lib.ImageDataset, log: T
         print(line, file=log, flush=True)
     if not run.history:
         raise RunFileError(f"{run.run_dir} has no completed epoch")
+    return True
 
 
 def run_augmentation(config: RunConfig, ds: data_lib.ImageDataset):
@@ -500,8 +555,7 @@ def _epoch_line(variant: str, epochs: int, history: list, stats: dict, *, last: 
     )
     remaining = last - row["epoch"]
     if remaining > 0:
-        recent = [r["epoch_time_s"] + r["eval_time_s"] for r in history[-3:]]
-        line += f" | ~{format_duration(remaining * sum(recent) / len(recent))} left"
+        line += f" | ~{format_duration(remaining * epoch_estimate(history))} left"
     return line
 
 

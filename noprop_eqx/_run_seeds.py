@@ -10,16 +10,32 @@ from ._config import RunConfig
 from ._loop import solver_kwargs, train_epoch_seeds
 from ._machine import git_commit
 from ._records import RunFileError, write_json
-from ._run import _Run, end_epoch, final_record, run_augmentation, start_run
+from ._run import (
+    _no_epoch_fits,
+    _Run,
+    end_epoch,
+    epoch_fits,
+    final_record,
+    run_augmentation,
+    start_run,
+    stop_message,
+)
 from ._seeds import make_seeds_step, stack_trees, unstack_tree
 
 
 def train_variant_seeds(
-    variant: str, config: RunConfig, ds: data_lib.ImageDataset, *, command: str, log: TextIO
+    variant: str,
+    config: RunConfig,
+    ds: data_lib.ImageDataset,
+    *,
+    command: str,
+    log: TextIO,
+    deadline: float | None = None,
 ) -> list[dict]:
     """Trains (or resumes) `variant` for every seed of `config.seeds` in one compiled step per
     batch; returns one results record per seed, each with the protocol statistic over all the
-    seeds (`protocol_statistic`), also written to `OUT/<run name>-protocol.json`."""
+    seeds (`protocol_statistic`), also written to `OUT/<run name>-protocol.json`; no record
+    when `deadline` (a `time.monotonic()` time) left no time for an epoch."""
     commit = git_commit()
     configs = [config.for_seed(seed) for seed in config.seeds]
     runs = [start_run(variant, c, ds, log) for c in configs]
@@ -31,7 +47,13 @@ def train_variant_seeds(
             ": resume the ones behind alone (--seed S --out OUT/seedS --resume --stop-after "
             f"{epochs[-1]}) first"
         )
-    _train_epochs(runs, configs, config, ds, log)
+    start = runs[0].epoch
+    who = f"{variant} x {len(runs)} seeds"
+    if not _train_epochs(runs, configs, config, ds, log, deadline) and runs[0].epoch == start:
+        print(_no_epoch_fits(who, _joint_history(runs)), file=log, flush=True)
+        return []
+    if runs[0].epoch < config.epochs:
+        print(stop_message(who, runs[0].epoch, config), file=log, flush=True)
     records = [
         final_record(run, c, ds, command=command, commit=commit, log=log)
         for run, c in zip(runs, configs, strict=True)
@@ -78,8 +100,11 @@ def protocol_statistic(records: list[dict]) -> dict:
     )
 
 
-def _train_epochs(runs: list[_Run], configs: list[RunConfig], config: RunConfig, ds, log) -> None:
-    """`train_epochs` for the seeds' runs together: one `SeedsStep` call per batch."""
+def _train_epochs(
+    runs: list[_Run], configs: list[RunConfig], config: RunConfig, ds, log, deadline=None
+) -> bool:
+    """`train_epochs` for the seeds' runs together: one `SeedsStep` call per batch. Returns
+    False when the next epoch would end past `deadline`."""
     first = runs[0]
     if getattr(first.step, "fn", None) is None:
         raise RunFileError(f"[{first.variant}] this step cannot train several seeds in one call")
@@ -89,6 +114,8 @@ def _train_epochs(runs: list[_Run], configs: list[RunConfig], config: RunConfig,
     last = config.epochs if config.stop_after is None else config.stop_after
     count = len(runs)
     for epoch in range(first.epoch + 1, last + 1):
+        if not epoch_fits(_joint_history(runs), deadline):
+            return False
         models, states, stats = train_epoch_seeds(
             step,
             stack_trees([r.model for r in runs]),
@@ -110,3 +137,12 @@ def _train_epochs(runs: list[_Run], configs: list[RunConfig], config: RunConfig,
             label = f"{run.variant}, seed {c.seed}"
             line = end_epoch(run, epoch, model, state, stat, ds, predict_kwargs, c, label)
             print(f"{line} | seed {c.seed} ({count} in one step)", file=log, flush=True)
+    return True
+
+
+def _joint_history(runs: list[_Run]) -> list[dict]:
+    """The seeds' epochs as one run's: the shared training time and every seed's evaluation."""
+    return [
+        dict(epoch_time_s=rows[0]["epoch_time_s"], eval_time_s=sum(r["eval_time_s"] for r in rows))
+        for rows in zip(*(run.history for run in runs), strict=True)
+    ]

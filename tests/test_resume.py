@@ -238,3 +238,70 @@ def test_ct_schedule_start_is_pinned_and_old_runs_resume_as_they_were(tmp_path):
     with pytest.raises(SystemExit, match=r"ct_gamma_init \[-5.0, 5.0\] vs \[-2.0, 2.0\]"):
         main([*base, "--resume"])
     assert main([*base, "--resume", "--ct-gamma-init", "-5", "5"]) == 0
+
+
+QUICK_BUDGET = ["train", "--dataset", "digits", "--variants", "DT", "FM", "--model", "simple"]
+QUICK_BUDGET += ["--num-blocks", "2", "--batch-size", "64", "--limit-train", "128"]
+QUICK_BUDGET += ["--limit-test", "64", "--inference-runs", "0", "--eval-steps", "2"]
+QUICK_BUDGET += ["--epochs", "3", "--no-progress"]
+
+
+def test_time_budget_stops_between_epochs_and_resume_finishes(tmp_path, capfd):
+    """A budget shorter than one epoch (the first epoch compiles: seconds) lets DT train its
+    first epoch, which always starts, then stops it before the second; FM is not started.
+    Resuming with a budget that no epoch fits in trains nothing and records nothing; with a
+    larger one, both runs finish."""
+    out, results = tmp_path / "runs", tmp_path / "results.json"
+    argv = [*QUICK_BUDGET, "--out", str(out), "--results", str(results)]
+    assert main([*argv, "--time-budget", "0.5s"]) == 0
+    err = capfd.readouterr().err
+    assert [m["epoch"] for m in _metrics(out / "DT")] == [1]
+    assert "[DT] stopped after epoch 1 of 3 (--time-budget): run the same command with " \
+        "--resume to continue" in err  # fmt: skip
+    assert "[FM] not started: the --time-budget is spent" in err
+    assert not (out / "FM").exists()
+    records = json.loads(results.read_text())
+    assert [(r["variant"], r["epochs"], r["planned_epochs"]) for r in records] == [("DT", 1, 3)]
+
+    assert main([*argv, "--resume", "--time-budget", "0.5"]) == 0
+    err = capfd.readouterr().err
+    assert "[DT] no epoch trained: the next (~" in err
+    assert [m["epoch"] for m in _metrics(out / "DT")] == [1]
+    assert len(json.loads(results.read_text())) == 1  # nothing recorded for a share with no epoch
+
+    assert main([*argv, "--resume", "--time-budget", "1h"]) == 0
+    assert [m["epoch"] for m in _metrics(out / "DT")] == [1, 2, 3]
+    assert [m["epoch"] for m in _metrics(out / "FM")] == [1, 2, 3]
+    records = json.loads(results.read_text())
+    assert [(r["variant"], r["epochs"]) for r in records] == [("DT", 1), ("DT", 3), ("FM", 3)]
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("5400", 5400.0), ("90m", 5400.0), ("1h30m", 5400.0), ("1.5h", 5400.0), ("45s", 45.0)],
+)
+def test_time_budget_reads_units(text, seconds):
+    from noprop_eqx.__main__ import config_from_args, make_parser
+
+    args = make_parser().parse_args(["train", "--time-budget", text])
+    assert config_from_args(args).time_budget == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "2d", "0", "0m", "h", "inf"])
+def test_time_budget_refuses_what_is_not_a_time(text, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--time-budget", text])
+    err = capsys.readouterr().err
+    assert "--time-budget" in err and repr(text) in err
+
+
+def test_time_budget_stops_seeds_trained_together(tmp_path, capfd):
+    out = tmp_path / "runs"
+    argv = [*QUICK_BUDGET, "--variants", "DT", "--seeds", "0", "1", "--out", str(out)]
+    assert main([*argv, "--time-budget", "0.5s"]) == 0
+    assert "[DT x 2 seeds] stopped after epoch 1 of 3 (--time-budget)" in capfd.readouterr().err
+    for seed in (0, 1):
+        assert [m["epoch"] for m in _metrics(out / f"seed{seed}" / "DT")] == [1]
+    assert main([*argv, "--resume", "--time-budget", "1h"]) == 0
+    for seed in (0, 1):
+        assert [m["epoch"] for m in _metrics(out / f"seed{seed}" / "DT")] == [1, 2, 3]
