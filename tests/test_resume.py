@@ -248,9 +248,9 @@ QUICK_BUDGET += ["--epochs", "3", "--no-progress"]
 
 def test_time_budget_stops_between_epochs_and_resume_finishes(tmp_path, capfd):
     """A budget shorter than one epoch (the first epoch compiles: seconds) lets DT train its
-    first epoch, which always starts, then stops it before the second; FM is not started.
-    Resuming with a budget that no epoch fits in trains nothing and records nothing; with a
-    larger one, both runs finish."""
+    first epoch, which always starts, then stops it before the second; FM is not started, the
+    budget being spent. Resuming DT with a budget that no epoch fits in trains nothing and
+    records nothing; with a larger one, both runs finish."""
     out, results = tmp_path / "runs", tmp_path / "results.json"
     argv = [*QUICK_BUDGET, "--out", str(out), "--results", str(results)]
     assert main([*argv, "--time-budget", "0.5s"]) == 0
@@ -263,7 +263,8 @@ def test_time_budget_stops_between_epochs_and_resume_finishes(tmp_path, capfd):
     records = json.loads(results.read_text())
     assert [(r["variant"], r["epochs"], r["planned_epochs"]) for r in records] == [("DT", 1, 3)]
 
-    assert main([*argv, "--resume", "--time-budget", "0.5"]) == 0
+    # DT alone: whether FM's first epoch starts would depend on how fast DT is restored
+    assert main([*argv, "--variants", "DT", "--resume", "--time-budget", "0.5"]) == 0
     err = capfd.readouterr().err
     assert "[DT] no epoch trained: the next (~" in err
     assert [m["epoch"] for m in _metrics(out / "DT")] == [1]
