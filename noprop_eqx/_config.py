@@ -327,6 +327,11 @@ class RunConfig:
         name = variant if self.embedding == "one-hot" else f"{variant}-{self.embedding}"
         return self.out_dir / name
 
+    @property
+    def last_epoch(self) -> int:
+        """The epoch this share of the run trains to: `stop_after`, else `epochs`."""
+        return self.epochs if self.stop_after is None else self.stop_after
+
     def trajectory(self, variant: str) -> dict:
         """The settings that shape `variant`'s training trajectory and are known before the
         data is read: what `config.json` records and `--resume` requires to be unchanged."""

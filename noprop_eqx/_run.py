@@ -259,34 +259,39 @@ def train_variant(
     commit = git_commit()  # the code that trains: read now, not after a long run
     run = start_run(variant, config, ds, log, mesh=mesh)
     start = run.epoch
-    if not train_epochs(run, config, ds, log, deadline) and run.epoch == start:
-        print(_no_epoch_fits(variant, run.history), file=log, flush=True)
+    finished = train_epochs(run, config, ds, log, deadline)
+    if not end_share(variant, start, run.epoch, run.history, finished, config, log):
         return []
-    if run.epoch < config.epochs:
-        print(stop_message(variant, run.epoch, config), file=log, flush=True)
     record = final_record(run, config, ds, command=command, commit=commit, log=log)
     if _writes():
         write_json(run.run_dir / "summary.json", record)
     return [record]
 
 
-def stop_message(who: str, epoch: int, config: RunConfig) -> str:
-    """What a run stopped before its last epoch prints: why, and how to continue."""
-    if config.stop_after is not None and epoch >= config.stop_after:
-        why, how = "--stop-after", "with --resume and without --stop-after"
+def end_share(
+    who: str, start: int, epoch: int, history: list, finished: bool, config: RunConfig, log
+) -> bool:
+    """Says why a share that trained from epoch `start` to `epoch` ended before the run's last
+    epoch, and how to continue; False when the time budget left room for no epoch (then the
+    share records nothing). `finished`: whether `train_epochs` reached the share's end."""
+    if not finished and epoch == start:
+        message = (
+            f"[{who}] no epoch trained: the next (~{format_duration(epoch_estimate(history))}) "
+            "would end past the --time-budget; run the same command with --resume to continue"
+        )
+    elif epoch < config.epochs:
+        if finished:
+            why, how = "--stop-after", "with --resume and without --stop-after"
+        else:
+            why, how = "--time-budget", "with --resume"
+        message = (
+            f"[{who}] stopped after epoch {epoch} of {config.epochs} ({why}): run the same "
+            f"command {how} to continue"
+        )
     else:
-        why, how = "--time-budget", "with --resume"
-    return (
-        f"[{who}] stopped after epoch {epoch} of {config.epochs} ({why}): run the same "
-        f"command {how} to continue"
-    )
-
-
-def _no_epoch_fits(who: str, history: list) -> str:
-    return (
-        f"[{who}] no epoch trained: the next (~{format_duration(epoch_estimate(history))}) would "
-        "end past the --time-budget; run the same command with --resume to continue"
-    )
+        return True
+    print(message, file=log, flush=True)
+    return finished or epoch > start
 
 
 def epoch_estimate(history: list) -> float:
@@ -449,8 +454,7 @@ def train_epochs(
     next epoch would end past `deadline` (a `time.monotonic()` time)."""
     predict_kwargs = solver_kwargs(run.variant, config.eval_solver, config.eval_steps)
     augment = run_augmentation(config, ds)
-    last = config.epochs if config.stop_after is None else config.stop_after
-    for epoch in range(run.epoch + 1, last + 1):
+    for epoch in range(run.epoch + 1, config.last_epoch + 1):
         if not epoch_fits(run.history, deadline):
             return False
         model, opt_state, stats = train_epoch(
@@ -512,8 +516,7 @@ def end_epoch(
     run.history.append(_epoch_row(run.history, epoch, stats, accuracy, eval_time))
     if _writes():
         write_metrics(run.run_dir / "metrics.jsonl", run.history)
-    last = config.epochs if config.stop_after is None else config.stop_after
-    return _epoch_line(run.variant, config.epochs, run.history, stats, last=last)
+    return _epoch_line(run.variant, config.epochs, run.history, stats, last=config.last_epoch)
 
 
 def _save(run: _Run) -> None:

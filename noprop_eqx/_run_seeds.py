@@ -11,14 +11,13 @@ from ._loop import solver_kwargs, train_epoch_seeds
 from ._machine import git_commit
 from ._records import RunFileError, write_json
 from ._run import (
-    _no_epoch_fits,
     _Run,
     end_epoch,
+    end_share,
     epoch_fits,
     final_record,
     run_augmentation,
     start_run,
-    stop_message,
 )
 from ._seeds import make_seeds_step, stack_trees, unstack_tree
 
@@ -48,12 +47,10 @@ def train_variant_seeds(
             f"{epochs[-1]}) first"
         )
     start = runs[0].epoch
+    finished = _train_epochs(runs, configs, config, ds, log, deadline)
     who = f"{variant} x {len(runs)} seeds"
-    if not _train_epochs(runs, configs, config, ds, log, deadline) and runs[0].epoch == start:
-        print(_no_epoch_fits(who, _joint_history(runs)), file=log, flush=True)
+    if not end_share(who, start, runs[0].epoch, _joint_history(runs), finished, config, log):
         return []
-    if runs[0].epoch < config.epochs:
-        print(stop_message(who, runs[0].epoch, config), file=log, flush=True)
     records = [
         final_record(run, c, ds, command=command, commit=commit, log=log)
         for run, c in zip(runs, configs, strict=True)
@@ -111,9 +108,8 @@ def _train_epochs(
     step = make_seeds_step(first.step)
     predict_kwargs = solver_kwargs(first.variant, config.eval_solver, config.eval_steps)
     augment = run_augmentation(config, ds)
-    last = config.epochs if config.stop_after is None else config.stop_after
     count = len(runs)
-    for epoch in range(first.epoch + 1, last + 1):
+    for epoch in range(first.epoch + 1, config.last_epoch + 1):
         if not epoch_fits(_joint_history(runs), deadline):
             return False
         models, states, stats = train_epoch_seeds(
