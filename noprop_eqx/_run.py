@@ -275,23 +275,25 @@ def end_share(
     epoch, and how to continue; False when the time budget left room for no epoch (then the
     share records nothing). `finished`: whether `train_epochs` reached the share's end."""
     if not finished and epoch == start:
-        message = (
+        print(
             f"[{who}] no epoch trained: the next (~{format_duration(epoch_estimate(history))}) "
-            "would end past the --time-budget; run the same command with --resume to continue"
+            "would end past the --time-budget; run the same command with --resume to continue",
+            file=log,
+            flush=True,
         )
-    elif epoch < config.epochs:
+        return False
+    if epoch < config.epochs:
         if finished:
             why, how = "--stop-after", "with --resume and without --stop-after"
         else:
             why, how = "--time-budget", "with --resume"
-        message = (
+        print(
             f"[{who}] stopped after epoch {epoch} of {config.epochs} ({why}): run the same "
-            f"command {how} to continue"
+            f"command {how} to continue",
+            file=log,
+            flush=True,
         )
-    else:
-        return True
-    print(message, file=log, flush=True)
-    return finished or epoch > start
+    return True
 
 
 def epoch_estimate(history: list) -> float:
