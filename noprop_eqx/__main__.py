@@ -442,15 +442,20 @@ def as_flags(message: str) -> str:
     return re.sub(pattern, lambda m: "--" + m.group(1).replace("_", "-"), message, count=1)
 
 
+def command_line(words: Sequence[str]) -> str:
+    """The command a results record keeps: `sys.argv` as a reader would type it, the console
+    script by its name (not the path of the environment it was installed in)."""
+    words = list(words)
+    if words and words[0].endswith("__main__.py"):
+        words[:1] = ["python", "-m", "noprop_eqx"]
+    elif words and Path(words[0]).name == "noprop-eqx":
+        words[0] = "noprop-eqx"
+    return shlex.join(words)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
-    if argv is None:
-        words = list(sys.argv)
-        if words and words[0].endswith("__main__.py"):
-            words[:1] = ["python", "-m", "noprop_eqx"]
-        command = shlex.join(words)
-    else:
-        command = shlex.join(["noprop-eqx", *argv])
+    command = command_line(sys.argv) if argv is None else shlex.join(["noprop-eqx", *argv])
     args = parser.parse_args(argv)
     if args.command != "train":
         parser.error(f"unknown command {args.command!r}")

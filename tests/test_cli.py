@@ -533,3 +533,14 @@ def test_epoch_line_says_the_time_left():
     assert [format_duration(s) for s in (0.4, 59.4, 61.0, 3599.0, 3600.0, 12_345.0)] == [
         "0s", "59s", "1m01s", "59m59s", "1h00m", "3h25m",
     ]  # fmt: skip
+
+
+def test_record_command_names_the_console_script_not_its_environment():
+    from noprop_eqx.__main__ import command_line
+
+    assert command_line([".venv/bin/noprop-eqx", "train", "--epochs", "2"]) == (
+        "noprop-eqx train --epochs 2"
+    )
+    assert command_line(["/opt/env/bin/noprop-eqx", "train"]) == "noprop-eqx train"
+    assert command_line(["/x/noprop_eqx/__main__.py", "train"]) == "python -m noprop_eqx train"
+    assert command_line(["script.py", "train"]) == "script.py train"
