@@ -108,8 +108,9 @@ def embedding_cell(r: dict) -> str:
 
 
 def epochs_cell(r: dict) -> str:
-    """The epochs, with the recipe's departures from the paper's constant rate and unaugmented
-    data: a cosine-decayed learning rate, random shifts of the training images."""
+    """The epochs (as "16 of 30" for a run stopped before its schedule's end), with the recipe's
+    departures from the paper's constant rate and unaugmented data: a cosine-decayed learning
+    rate, random shifts of the training images."""
     notes = []
     if r.get("lr_schedule") == "cosine":
         notes.append("cosine lr")
@@ -117,7 +118,10 @@ def epochs_cell(r: dict) -> str:
         notes.append(f"shift aug. ±{r['augment_shift']} px")
     if r.get("weight_decay") == 0:
         notes.append("no weight decay")
-    return str(r["epochs"]) + (f" ({', '.join(notes)})" if notes else "")
+    epochs = str(r["epochs"])
+    if r.get("planned_epochs", r["epochs"]) > r["epochs"]:
+        epochs += f" of {r['planned_epochs']}"
+    return epochs + (f" ({', '.join(notes)})" if notes else "")
 
 
 def table(records: list[dict]) -> str:

@@ -426,6 +426,10 @@ def test_results_table_names_the_recipe():
     record = {"epochs": 8, "lr_schedule": "cosine", "augment_shift": 2}
     assert module.epochs_cell(record) == "8 (cosine lr, shift aug. ±2 px)"
     assert module.epochs_cell({"epochs": 3, "augment_shift": 0}) == "3"
+    # A run stopped before its schedule's end says so: its cosine spanned the planned epochs.
+    stopped = {"epochs": 16, "planned_epochs": 30, "lr_schedule": "cosine"}
+    assert module.epochs_cell(stopped) == "16 of 30 (cosine lr)"
+    assert module.epochs_cell({"epochs": 30, "planned_epochs": 30}) == "30"
 
 
 def test_plot_metrics(tmp_path):
