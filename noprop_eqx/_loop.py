@@ -385,7 +385,9 @@ def train_epoch_seeds(
             images = (done + 1) * batch_size * count
             rate = _rate(done, batch_size * count, elapsed, first_step, images)
             running = float(jnp.mean(totals["loss"])) / (done + 1)
-            bar.update(done + 1, loss=f"{running:.4f}", **{"img/s": f"{rate:.0f}"})
+            # All seeds' images, and one seed's share as in the epoch lines.
+            shown = f"{rate:.0f} ({rate / count:.0f} a seed)"
+            bar.update(done + 1, loss=f"{running:.4f}", **{"img/s": shown})
     if totals is None:
         raise ValueError("expected at least one training example, got none")
     totals = jax.device_get(totals)

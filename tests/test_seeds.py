@@ -140,3 +140,36 @@ def test_seed_options_errors():
         low = npx.make_dt_step(optax.adam(1e-3), memory="low-calls")
         with pytest.raises(TypeError, match="cannot run for several seeds"):
             npx.make_seeds_step(low)
+
+
+def test_seeds_progress_bar_names_both_rates(tmp_path):
+    """The progress bar of a seeds epoch, written to a log file, shows the step's images per
+    second over all seeds and one seed's share of it, the figure the epoch lines and records
+    give."""
+    import re
+
+    from noprop_eqx._loop import train_epoch_seeds
+
+    data = load_digits()
+    optimizer = optax.adam(1e-3)
+    models = [npx.NoPropFM(10, SHAPE, backbone="simple", key=k) for k in jr.split(jr.key(0), 2)]
+    step = npx.make_seeds_step(npx.make_step(npx.NoPropFM.loss_fn, optimizer), form="loop")
+    log = tmp_path / "train.log"
+    with log.open("w") as stream:
+        _, _, stats = train_epoch_seeds(
+            step,
+            npx.stack_trees(models),
+            npx.stack_trees([npx.init_optimizer_state(m, optimizer) for m in models]),
+            data.x_train[:128],
+            data.y_train[:128],
+            batch_size=32,
+            keys=[jr.key(0), jr.key(1)],
+            epoch=1,
+            stream=stream,
+        )
+    last = log.read_text().splitlines()[-1]
+    found = re.search(r"img/s (\d+) \((\d+) a seed\)", last)
+    assert found, last
+    total, share = int(found[1]), int(found[2])
+    assert total > 0 and abs(total - 2 * share) <= 1
+    assert [s["seeds_in_step"] for s in stats] == [2, 2]
