@@ -107,6 +107,11 @@ def embedding_cell(r: dict) -> str:
     return f"prototype ({', '.join(notes)})" if notes else "prototype"
 
 
+def stopped_early(r: dict) -> bool:
+    """Whether the run stopped before the end of its schedule (`--stop-after`, `--time-budget`)."""
+    return r.get("planned_epochs", r["epochs"]) > r["epochs"]
+
+
 def epochs_cell(r: dict) -> str:
     """The epochs (as "16 of 30" for a run stopped before its schedule's end), with the recipe's
     departures from the paper's constant rate and unaugmented data: a cosine-decayed learning
@@ -119,7 +124,7 @@ def epochs_cell(r: dict) -> str:
     if r.get("weight_decay") == 0:
         notes.append("no weight decay")
     epochs = str(r["epochs"])
-    if r.get("planned_epochs", r["epochs"]) > r["epochs"]:
+    if stopped_early(r):
         epochs += f" of {r['planned_epochs']}"
     return epochs + (f" ({', '.join(notes)})" if notes else "")
 
@@ -188,7 +193,7 @@ def _pooled_rows(records: list[dict]) -> list[dict]:
 
     groups: dict[tuple, dict[int, dict]] = {}
     for r in records:
-        if r.get("planned_epochs", r["epochs"]) != r["epochs"]:
+        if stopped_early(r):
             continue
         key = tuple(json.dumps(r.get(name), sort_keys=True) for name in SETTINGS)
         groups.setdefault(key, {})[r["seed"]] = r

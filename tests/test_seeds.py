@@ -1,6 +1,7 @@
 """Several seeds in one compiled step: each seed's trajectory is a separate run's."""
 
 import json
+import re
 
 import equinox as eqx
 import jax
@@ -11,6 +12,7 @@ import pytest
 
 import noprop_eqx as npx
 from noprop_eqx.__main__ import main
+from noprop_eqx._loop import train_epoch_seeds
 from noprop_eqx.data import load_digits
 
 from .conftest import as_a_user
@@ -146,10 +148,6 @@ def test_seeds_progress_bar_names_both_rates(tmp_path):
     """The progress bar of a seeds epoch, written to a log file, shows the step's images per
     second over all seeds and one seed's share of it, the figure the epoch lines and records
     give."""
-    import re
-
-    from noprop_eqx._loop import train_epoch_seeds
-
     data = load_digits()
     optimizer = optax.adam(1e-3)
     models = [npx.NoPropFM(10, SHAPE, backbone="simple", key=k) for k in jr.split(jr.key(0), 2)]
