@@ -409,6 +409,10 @@ def test_dt_noise_gap(tmp_path):
     ]
     done = subprocess.run(study, capture_output=True, text=True, cwd=BENCHMARKS.parent)
     assert done.returncode == 0, done.stderr[-3000:]
+    # Progress on stderr, one line a stage: deterministic, the paper's, z_0 only, 4 blocks.
+    stages = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    assert len(stages) == 7, done.stderr[-3000:]
+    assert stages[-1].startswith("[7/7] noise after block 4 only done"), stages
     result = json.loads(out.read_text())
     summary = json.loads((tmp_path / "run" / "DT" / "summary.json").read_text())
     # The study rounds its percentages to 3 decimals.

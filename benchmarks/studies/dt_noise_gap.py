@@ -91,6 +91,19 @@ def main() -> None:
     _, _, c = posterior_coefficients(alpha_bar_grid(model.schedule, T))
     tic = time.perf_counter()
     keys = jr.split(jr.key(args.seed), args.runs)
+    stages = T + 3  # deterministic, the paper's, z_0 only, one per block
+    done = 0
+
+    def progress(what: str) -> None:
+        # Each stage is one or `--runs` passes over the test images: a long study on CPU
+        # says how far it has come, on stderr, so that stdout stays the result.
+        nonlocal done
+        done += 1
+        print(
+            f"[{done}/{stages}] {what} done, {time.perf_counter() - tic:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def mean_over_runs(mask_start, mask_blocks):
         out = [correct(model, x, y, k, mask_start, mask_blocks) for k in keys]
@@ -110,11 +123,15 @@ def main() -> None:
         block_argmax=(100 * det_blocks).round(2).tolist(),
         readout_of_z_t=(100 * det_readouts).round(2).tolist(),
     )
+    progress("deterministic chain")
     paper = mean_over_runs(True, np.ones(T))
+    progress("the paper's stochastic chain")
     start_only = mean_over_runs(True, np.zeros(T))
+    progress("z_0 noise only")
     per_block = []
     for k in range(T):
         r = mean_over_runs(False, np.eye(T)[k])
+        progress(f"noise after block {k + 1} only")
         per_block.append(
             dict(
                 block=k + 1,
