@@ -413,6 +413,12 @@ def test_dt_noise_gap(tmp_path):
     stages = [line for line in done.stderr.splitlines() if line.startswith("[")]
     assert len(stages) == 7, done.stderr[-3000:]
     assert stages[-1].startswith("[7/7] noise after block 4 only done"), stages
+    # One-hot rows sit exactly sqrt(2) apart, and the noise after block 1 has sqrt(c_1) < 1.
+    geometry = json.loads(out.read_text())["embedding_geometry"]
+    assert geometry["dim"] == 10
+    assert geometry["distance_min"] == pytest.approx(2**0.5, abs=1e-4)
+    assert geometry["distance_max"] == pytest.approx(2**0.5, abs=1e-4)
+    assert geometry["distance_min_over_sqrt_c_max"] > geometry["distance_min"]
     result = json.loads(out.read_text())
     summary = json.loads((tmp_path / "run" / "DT" / "summary.json").read_text())
     # The study rounds its percentages to 3 decimals.

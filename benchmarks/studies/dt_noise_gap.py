@@ -10,6 +10,10 @@ after each block t. On a trained DT run folder the script measures the accuracy 
 - the read-out of each intermediate z_t along the deterministic and the paper's chain, and the
   argmax of each block's own class logits: where along the chain the class is decided.
 
+First, in seconds, it gives the class embeddings' geometry: their norms and pairwise distances,
+and the smallest distance in units of the noise's standard deviation √c_t along any direction
+(the noise is N(0, c_t I) whatever the embedding). `--geometry-only` stops there.
+
 Stochastic figures are means over `--runs` runs on the same test images.
 
     python benchmarks/studies/dt_noise_gap.py --run-dir runs/protocol/seed0/DT \\
@@ -35,6 +39,23 @@ import noprop_eqx as npx  # noqa: E402
 from noprop_eqx._losses import expected_embedding  # noqa: E402
 from noprop_eqx.models import apply_batched  # noqa: E402
 from noprop_eqx.noise_schedules import alpha_bar_grid, posterior_coefficients  # noqa: E402
+
+
+def embedding_geometry(w_embed, c) -> dict:
+    """Norms and pairwise distances of the class embeddings (rows of `w_embed`), and the
+    smallest distance over the largest noise standard deviation after a block, max_t √c_t
+    (the first block's, near 1): how many standard deviations apart the two closest classes
+    sit along the line between them."""
+    w = np.asarray(w_embed, dtype=np.float64)
+    d = np.sqrt(((w[:, None] - w[None]) ** 2).sum(-1))[np.triu_indices(len(w), 1)]
+    return dict(
+        dim=int(w.shape[1]),
+        norm_mean=round(float(np.linalg.norm(w, axis=1).mean()), 4),
+        distance_min=round(float(d.min()), 4),
+        distance_median=round(float(np.median(d)), 4),
+        distance_max=round(float(d.max()), 4),
+        distance_min_over_sqrt_c_max=round(float(d.min() / np.sqrt(np.max(c))), 4),
+    )
 
 
 @eqx.filter_jit
@@ -80,6 +101,11 @@ def main() -> None:
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON path (default: print only)")
+    parser.add_argument(
+        "--geometry-only",
+        action="store_true",
+        help="print the class embeddings' norms and distances, then stop",
+    )
     args = parser.parse_args()
 
     ds = npx.data.load_dataset(args.dataset, args.data_dir)
@@ -89,6 +115,17 @@ def main() -> None:
     x, y = ds.x_test[: args.limit_test], ds.y_test[: args.limit_test]
     T = model.num_blocks
     _, _, c = posterior_coefficients(alpha_bar_grid(model.schedule, T))
+    geometry = embedding_geometry(model.embedding.matrix(), c)
+    print(
+        f"{config['embedding']} embedding, dim {geometry['dim']}: mean norm "
+        f"{geometry['norm_mean']:.2f}, pairwise distance min / median / max "
+        f"{geometry['distance_min']:.2f} / {geometry['distance_median']:.2f} / "
+        f"{geometry['distance_max']:.2f}, min over max sqrt(c) "
+        f"{geometry['distance_min_over_sqrt_c_max']:.2f}",
+        flush=True,
+    )
+    if args.geometry_only:
+        return
     tic = time.perf_counter()
     keys = jr.split(jr.key(args.seed), args.runs)
     stages = T + 3  # deterministic, the paper's, z_0 only, one per block
@@ -148,6 +185,7 @@ def main() -> None:
         dataset=ds.name,
         test_images=len(y),
         runs=args.runs,
+        embedding_geometry=geometry,
         deterministic=deterministic,
         paper_stochastic=paper,
         start_noise_only=start_only,
