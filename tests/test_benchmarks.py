@@ -430,6 +430,28 @@ def test_dt_noise_gap(tmp_path):
     deterministic = result["deterministic"]  # per-step lists are rounded to 2 decimals
     assert deterministic["readout_of_z_t"][-1] == pytest.approx(deterministic["accuracy"], abs=5e-3)
 
+    # The per-block stage starts each case from the cached deterministic chain; it must give
+    # what the whole chain gives with the noise masked to that block (the same draws).
+    import jax.random as jr
+
+    import noprop_eqx as npx
+
+    gap = _import_study("dt_noise_gap")
+    data = npx.data.load_digits()
+    model, *_ = npx.load_run(tmp_path / "run" / "DT", data)
+    x, y = data.x_test, data.y_test
+    det = gap.correct(model, x, y, jr.key(0), False, np.zeros(4), batch=128, keep_z=True)
+    assert len(det[2]) == 4  # 449 images in batches of 128
+    for k in range(4):
+        key = jr.key(10 + k)
+        whole = gap.correct(model, x, y, key, False, np.eye(4)[k], batch=128)
+        cached = gap.correct_one_block(model, x, y, key, k, det, batch=128)
+        np.testing.assert_array_equal(cached[0], whole[0])
+        np.testing.assert_array_equal(cached[1], whole[1])
+    # Not vacuous: the noise after block 1 changes some image's readout along the chain.
+    noised = gap.correct_one_block(model, x, y, jr.key(3), 0, det, batch=128)
+    assert not np.array_equal(noised[1], det[1])
+
 
 def _import_study(name: str):
     sys.path[:0] = [str(BENCHMARKS / "studies"), str(BENCHMARKS)]

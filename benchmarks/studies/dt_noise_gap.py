@@ -59,36 +59,65 @@ def embedding_geometry(w_embed, c) -> dict:
 
 
 @eqx.filter_jit
-def chain(model, x, z0, noise):
-    """Eq. 3 with the given start and per-block noise (T, batch, dim); returns every block's
-    class logits and the readout's logits of every intermediate z_t, t = 1..T."""
+def chain(model, x, z, noise, start=0):
+    """Eq. 3 from block `start` (0-based; a Python int, so static) on, entered with z and given
+    the noise of blocks start..T-1, (T - start, batch, dim); returns each of those blocks' class
+    logits, the readout's logits of the z it makes, and that z."""
     a, b, c = posterior_coefficients(alpha_bar_grid(model.schedule, model.num_blocks))
     w_embed = model.embedding.matrix()
-    z = z0
-    block_logits, readout_logits = [], []
-    for t in range(model.num_blocks):
+    block_logits, readout_logits, zs = [], [], []
+    for t in range(start, model.num_blocks):
         logits = apply_batched(model.block(t), z, x)
         u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
-        z = a[t] * u_hat + b[t] * z + jnp.sqrt(c[t]) * noise[t]
+        z = a[t] * u_hat + b[t] * z + jnp.sqrt(c[t]) * noise[t - start]
         block_logits.append(logits)
         readout_logits.append(jax.vmap(model.readout)(z))
-    return jnp.stack(block_logits), jnp.stack(readout_logits)
+        zs.append(z)
+    return jnp.stack(block_logits), jnp.stack(readout_logits), jnp.stack(zs)
 
 
-def correct(model, x, y, key, mask_start: bool, mask_blocks, batch=1000):
+def _draw(key, i, n, T, dim):
+    """The start and the per-block noise of the batch at offset i: the same for every case."""
+    k0, k_eps = jr.split(jr.fold_in(key, i))
+    return jr.normal(k0, (n, dim)), jr.normal(k_eps, (T, n, dim))
+
+
+def correct(model, x, y, key, mask_start: bool, mask_blocks, batch=1000, keep_z=False):
     """Per-step correctness (T,) of the block argmax and of the readout of z_t, summed over
-    images: start and noise drawn from `key`, then kept only where the masks say."""
+    images: start and noise drawn from `key`, then kept only where the masks say. With
+    `keep_z`, also every batch's z_1..z_T (for `correct_one_block`)."""
     T, dim = model.num_blocks, model.embedding.dim
     mask_blocks = jnp.asarray(mask_blocks, dtype=float)[:, None, None]
-    blocks, readouts = np.zeros(T), np.zeros(T)
+    blocks, readouts, kept = np.zeros(T), np.zeros(T), []
     for i in range(0, len(x), batch):
         xb, yb = jnp.asarray(x[i : i + batch]), np.asarray(y[i : i + batch])
-        k0, k_eps = jr.split(jr.fold_in(key, i))
-        z0 = jr.normal(k0, (len(yb), dim)) * float(mask_start)
-        noise = jr.normal(k_eps, (T, len(yb), dim)) * mask_blocks
-        bl, rl = chain(model, xb, z0, noise)
+        z0, noise = _draw(key, i, len(yb), T, dim)
+        bl, rl, zs = chain(model, xb, z0 * float(mask_start), noise * mask_blocks)
         blocks += (np.asarray(jnp.argmax(bl, -1)) == yb).sum(axis=1)
         readouts += (np.asarray(jnp.argmax(rl, -1)) == yb).sum(axis=1)
+        if keep_z:
+            kept.append(zs)
+    out = blocks / len(x), readouts / len(x)
+    return (*out, kept) if keep_z else out
+
+
+def correct_one_block(model, x, y, key, k: int, deterministic, batch=1000):
+    """`correct` with the noise after block k (0-based) only and z_0 = 0, from the cached
+    deterministic chain: blocks 0..k-1 see no noise, so their results and z are the
+    deterministic ones (`deterministic` = `correct(..., keep_z=True)` without noise) and only
+    blocks k..T-1 run. The noise is drawn as in `correct`, so the figures match it."""
+    T, dim = model.num_blocks, model.embedding.dim
+    det_blocks, det_readouts, det_z = deterministic
+    blocks, readouts = np.zeros(T), np.zeros(T)
+    blocks[:k], readouts[:k] = det_blocks[:k] * len(x), det_readouts[:k] * len(x)
+    for j, i in enumerate(range(0, len(x), batch)):
+        xb, yb = jnp.asarray(x[i : i + batch]), np.asarray(y[i : i + batch])
+        _, noise = _draw(key, i, len(yb), T, dim)
+        noise = noise[k:] * (jnp.arange(T - k) == 0)[:, None, None]
+        z = det_z[j][k - 1] if k > 0 else jnp.zeros((len(yb), dim))
+        bl, rl, _ = chain(model, xb, z, noise, k)
+        blocks[k:] += (np.asarray(jnp.argmax(bl, -1)) == yb).sum(axis=1)
+        readouts[k:] += (np.asarray(jnp.argmax(rl, -1)) == yb).sum(axis=1)
     return blocks / len(x), readouts / len(x)
 
 
@@ -142,8 +171,11 @@ def main() -> None:
             flush=True,
         )
 
-    def mean_over_runs(mask_start, mask_blocks):
-        out = [correct(model, x, y, k, mask_start, mask_blocks) for k in keys]
+    def mean_over_runs(mask_start, mask_blocks, block=None):
+        if block is None:
+            out = [correct(model, x, y, k, mask_start, mask_blocks) for k in keys]
+        else:
+            out = [correct_one_block(model, x, y, k, block, det) for k in keys]
         blocks = np.mean([o[0] for o in out], axis=0)
         readouts = np.array([o[1] for o in out])
         final = readouts[:, -1]
@@ -154,7 +186,8 @@ def main() -> None:
             readout_of_z_t=(100 * readouts.mean(axis=0)).round(2).tolist(),
         )
 
-    det_blocks, det_readouts = correct(model, x, y, keys[0], False, np.zeros(T))
+    det = correct(model, x, y, keys[0], False, np.zeros(T), keep_z=True)
+    det_blocks, det_readouts, _ = det
     deterministic = dict(
         accuracy=round(100 * float(det_readouts[-1]), 3),
         block_argmax=(100 * det_blocks).round(2).tolist(),
@@ -167,7 +200,7 @@ def main() -> None:
     progress("z_0 noise only")
     per_block = []
     for k in range(T):
-        r = mean_over_runs(False, np.eye(T)[k])
+        r = mean_over_runs(False, np.eye(T)[k], block=k)
         progress(f"noise after block {k + 1} only")
         per_block.append(
             dict(
