@@ -63,6 +63,7 @@ SETTINGS = (
     "weight_decay",
     "optimizer",
     "ct_gamma_init",
+    "dt_alpha_bar_max",
     "compute_dtype",
     "limit_train",
     "limit_test",
@@ -71,6 +72,17 @@ SETTINGS = (
     "inference_solver",
     "eval_steps",
 )
+
+
+DT_ALPHA_BAR_MAX = 0.9999  # NoProp-DT's default ceiling, which records made before 2026-12 used
+
+
+def setting(r: dict, name: str):
+    """A record's value of one of `SETTINGS`, with the default a record made before the
+    setting existed used."""
+    if name == "dt_alpha_bar_max" and r.get("variant") == "DT":
+        return r.get(name) or DT_ALPHA_BAR_MAX
+    return r.get(name)
 
 
 def paper_value(r: dict) -> float | None:
@@ -94,11 +106,14 @@ def accuracy_cell(r: dict) -> str:
 
 
 def embedding_cell(r: dict) -> str:
-    """The embedding, with the prototype scale when it is not the raw images and "fixed" when
-    the prototypes were not trained."""
-    if r["embedding"] != "prototype":
-        return r["embedding"]
+    """The embedding, with the prototype scale when it is not the raw images, "fixed" when
+    the prototypes were not trained, and DT's schedule ceiling ᾱ_max when it is not 0.9999."""
     notes = []
+    ceiling = setting(r, "dt_alpha_bar_max")
+    if ceiling not in (None, DT_ALPHA_BAR_MAX):
+        notes.append(f"ᾱ_max {ceiling:g}")
+    if r["embedding"] != "prototype":
+        return f"{r['embedding']} ({', '.join(notes)})" if notes else r["embedding"]
     scale = r.get("prototype_scale")
     if scale not in (None, "raw"):
         notes.append(f"{scale} scale")
@@ -195,7 +210,7 @@ def _pooled_rows(records: list[dict]) -> list[dict]:
     for r in records:
         if stopped_early(r):
             continue
-        key = tuple(json.dumps(r.get(name), sort_keys=True) for name in SETTINGS)
+        key = tuple(json.dumps(setting(r, name), sort_keys=True) for name in SETTINGS)
         groups.setdefault(key, {})[r["seed"]] = r
     rows = []
     for by_seed in groups.values():

@@ -259,6 +259,16 @@ def _add_model_options(p) -> None:
         "t = 0 (noise); default -2 2; -5 5 was the default before, and learns more slowly",
     )
     p.add_argument(
+        "--dt-alpha-bar-max",
+        type=float,
+        metavar="A",
+        default=DEFAULTS.dt_alpha_bar_max,
+        help="DT only: the ceiling on ᾱ of the cosine noise schedule, reached at the last "
+        "block (default 0.9999, which keeps the last SNR finite and gives the last block "
+        "99.6%% of Eq. 8's weights); 0.99 kept trained prototypes at one-hot scale from "
+        "collapsing (docs/results.md), a setting for small trained embeddings",
+    )
+    p.add_argument(
         "--embed-dim",
         type=_positive_int,
         default=None,

@@ -11,11 +11,14 @@ from ._embeddings import PROTOTYPE_SCALES
 from ._loop import EMBEDDINGS, SOLVERS, VARIANTS
 from ._train import weight_decay_mode
 from .models._factory import BACKBONES, backbone_name
+from .noise_schedules import CosineNoiseSchedule
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100")
 LR_SCHEDULES = ("constant", "cosine")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 CIFAR100_LABELS = ("fine", "coarse")
+# NoProp-DT's cosine schedule's ceiling on ᾱ (at the last block): the class's own default.
+DT_ALPHA_BAR_MAX = CosineNoiseSchedule.alpha_bar_max
 
 
 class ConfigError(ValueError):
@@ -65,6 +68,7 @@ class RunConfig:
     norm: str = "group"
     num_blocks: int = 10
     ct_gamma_init: tuple[float, float] | list[float] = (-2.0, 2.0)
+    dt_alpha_bar_max: float = DT_ALPHA_BAR_MAX
     compute_dtype: str = "float32"
     steps_per_call: int | str = "auto"
     augment_shift: int = 0
@@ -121,6 +125,16 @@ class RunConfig:
             gamma,
         )
         object.__setattr__(self, "ct_gamma_init", (float(gamma[0]), float(gamma[1])))
+        ceiling, floor = self.dt_alpha_bar_max, CosineNoiseSchedule.alpha_bar_min
+        _expect(
+            isinstance(ceiling, int | float)
+            and not isinstance(ceiling, bool)
+            and floor < ceiling < 1.0,
+            f"dt_alpha_bar_max to be a number in ({floor}, 1): the ceiling on ᾱ of NoProp-DT's "
+            "cosine schedule, below 1 so that the last block's SNR stays finite",
+            ceiling,
+        )
+        object.__setattr__(self, "dt_alpha_bar_max", float(ceiling))
         object.__setattr__(self, "out", str(self.out))
         if self.results is not None:
             object.__setattr__(self, "results", str(self.results))
@@ -209,6 +223,16 @@ class RunConfig:
         if self.ct_gamma_init != RunConfig.ct_gamma_init and "CT" not in self.variants:
             raise ConfigError(
                 f"ct_gamma_init applies to variant 'CT' only, got variants {self.variants}"
+            )
+        if self.dt_alpha_bar_max != DT_ALPHA_BAR_MAX and "DT" not in self.variants:
+            raise ConfigError(
+                f"dt_alpha_bar_max applies to variant 'DT' only, got variants {self.variants}"
+            )
+        if self.dataset == "digits" and self.model == "paper":
+            raise ConfigError(
+                "model: the paper's networks need images of at least 12×12 (MNIST, CIFAR); the "
+                "digits are 8×8: expected model 'simple' or a ResNet with dataset 'digits', got "
+                "'paper'"
             )
         if self.cifar100_labels != "fine" and self.dataset != "cifar100":
             raise ConfigError(
@@ -359,6 +383,7 @@ class RunConfig:
             cifar100_labels=self.cifar100_labels if self.dataset == "cifar100" else None,
             weight_decay_mode=weight_decay_mode(variant, self.weight_decay),
             ct_gamma_init=list(self.ct_gamma_init) if variant == "CT" else None,
+            dt_alpha_bar_max=self.dt_alpha_bar_max if variant == "DT" else None,
         )
 
 
@@ -387,6 +412,7 @@ PINNED = (
     "weight_decay_mode",
     "lr_decay_steps",
     "ct_gamma_init",
+    "dt_alpha_bar_max",
 )
 
 
@@ -404,6 +430,7 @@ def saved_defaults(saved: dict) -> dict:
     saved.setdefault("weight_decay_mode", weight_decay_mode(saved.get("variant", "DT"), None))
     # CT's learned schedule started at γ = -5 and 5 before the option existed.
     saved.setdefault("ct_gamma_init", [-5.0, 5.0] if saved.get("variant") == "CT" else None)
+    saved.setdefault("dt_alpha_bar_max", DT_ALPHA_BAR_MAX if saved.get("variant") == "DT" else None)
     return saved
 
 

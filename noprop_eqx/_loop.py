@@ -29,7 +29,7 @@ from ._embeddings import PrototypeEmbedding
 from ._fm import NoPropFM
 from ._train import evaluate_accuracy
 from .data import num_train_batches, train_batches
-from .noise_schedules import LearnedNoiseSchedule
+from .noise_schedules import CosineNoiseSchedule, LearnedNoiseSchedule
 
 VARIANTS: dict[str, type[eqx.Module]] = {
     "DT": NoPropDT,
@@ -94,6 +94,7 @@ def build_model(
     prototype_scale: str | None = None,
     fixed_embedding: bool = False,
     ct_gamma_init: Sequence[float] | None = None,
+    dt_alpha_bar_max: float | None = None,
     key: PRNGKeyArray,
 ) -> eqx.Module:
     """One of `VARIANTS` with the given backbone ("paper" or "simple") and embedding.
@@ -101,7 +102,8 @@ def build_model(
     `prototype_scale` (see `PrototypeEmbedding`; None means raw) and `fixed_embedding` (keep
     the prototypes as built instead of training them); `num_blocks` (T, paper: 10) applies to
     DT and BP; `ct_gamma_init` (CT only; None: `LearnedNoiseSchedule`'s default) sets the
-    learned schedule's starting γ at t = 1 and t = 0."""
+    learned schedule's starting γ at t = 1 and t = 0; `dt_alpha_bar_max` (DT only; None:
+    `CosineNoiseSchedule`'s 0.9999) sets the ceiling on ᾱ of DT's cosine schedule."""
     if fixed_embedding and embedding != "prototype":
         raise ValueError(
             f"fixed_embedding applies to the prototype embedding only, got {embedding!r} "
@@ -113,6 +115,8 @@ def build_model(
         # NoPropCT draws its schedule's key as the third of jr.split(key, 3).
         k_schedule = jr.split(key, 3)[2]
         extra["schedule"] = LearnedNoiseSchedule(*ct_gamma_init, key=k_schedule)
+    if variant == "DT" and dt_alpha_bar_max is not None:
+        extra["schedule"] = CosineNoiseSchedule(alpha_bar_max=dt_alpha_bar_max)
     dim = resolve_embed_dim(embedding, embed_dim, num_classes, image_shape)
     spec: Any = embedding
     if embedding == "prototype":

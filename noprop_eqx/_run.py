@@ -601,6 +601,7 @@ def final_record(
         weight_decay=config.weight_decay,
         optimizer=s["optimizer"],
         ct_gamma_init=s.get("ct_gamma_init"),
+        dt_alpha_bar_max=s.get("dt_alpha_bar_max"),
         compute_dtype=config.compute_dtype,
         limit_train=config.limit_train,
         limit_test=config.limit_test,

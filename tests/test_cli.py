@@ -257,7 +257,8 @@ def test_unknown_variant_is_a_clear_error(tmp_path, capsys):
 
 
 def test_prototype_with_wrong_embed_dim_is_a_clear_error(tmp_path, capsys):
-    argv = ["train", "--dataset", "digits", "--embedding", "prototype", "--embed-dim", "20"]
+    argv = ["train", "--dataset", "digits", "--model", "simple", "--embedding", "prototype"]
+    argv += ["--embed-dim", "20"]
     with pytest.raises(SystemExit) as e:
         main([*argv, "--out", str(tmp_path)])
     assert e.value.code == 2
@@ -376,6 +377,20 @@ def test_results_table_names_the_prototype_scale():
     assert module.embedding_cell(record) == "prototype (one-hot scale, fixed)"
     record = {"embedding": "prototype", "prototype_scale": "raw", "fixed_embedding": True}
     assert module.embedding_cell(record) == "prototype (fixed)"
+    # DT's schedule ceiling, named when it is not the default; records made before the option
+    # existed used the default, and pool with records that say so.
+    record = {"variant": "DT", "embedding": "learned", "dt_alpha_bar_max": 0.99}
+    assert module.embedding_cell(record) == "learned (ᾱ_max 0.99)"
+    record = {"variant": "DT", "embedding": "prototype", "dt_alpha_bar_max": 0.999}
+    assert module.embedding_cell(dict(record, fixed_embedding=True)) == (
+        "prototype (ᾱ_max 0.999, fixed)"
+    )
+    assert module.embedding_cell({"variant": "DT", "embedding": "one-hot"}) == "one-hot"
+    new = {"variant": "DT", "embedding": "one-hot", "dt_alpha_bar_max": 0.9999}
+    assert module.embedding_cell(new) == "one-hot"
+    old = {"variant": "DT", "embedding": "one-hot"}
+    assert module.setting(old, "dt_alpha_bar_max") == module.setting(new, "dt_alpha_bar_max")
+    assert module.setting({"variant": "FM"}, "dt_alpha_bar_max") is None
 
 
 def test_protocol_table_one_row_per_seed_set(tmp_path):

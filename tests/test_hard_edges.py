@@ -137,7 +137,7 @@ def test_config_errors_from_python():
         npx.RunConfig(lr=float("nan"))
     with pytest.raises(npx.ConfigError, match="expected steps_per_call .* or 'auto', got 'many'"):
         npx.RunConfig(steps_per_call="many")
-    config = npx.RunConfig(variants=["fm", "dt", "FM"], dataset="digits")
+    config = npx.RunConfig(variants=["fm", "dt", "FM"], dataset="digits", model="simple")
     assert config.variants == ("FM", "DT")  # upper case, unique, in order
     assert config.replace(epochs=3).epochs == 3
     with pytest.raises(npx.ConfigError, match="expected epochs to be a positive integer"):

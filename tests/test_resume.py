@@ -240,6 +240,35 @@ def test_ct_schedule_start_is_pinned_and_old_runs_resume_as_they_were(tmp_path):
     assert main([*base, "--resume", "--ct-gamma-init", "-5", "5"]) == 0
 
 
+def test_dt_schedule_ceiling_is_built_recorded_and_pinned(tmp_path):
+    """`--dt-alpha-bar-max` shapes DT's trajectory: the model is built with that ceiling (and
+    so is the model restored from its checkpoint), config.json and the results record hold it,
+    and a resume with another value is refused. A run saved before the option existed used
+    the default ceiling, 0.9999, and resumes with it."""
+    base = ["train", "--dataset", "digits", "--variants", "DT", "--model", "simple"]
+    base += ["--num-blocks", "2", "--limit-train", "128", "--limit-test", "64", "--epochs", "2"]
+    base += ["--batch-size", "64", "--inference-runs", "0", "--no-progress", "--out", str(tmp_path)]
+    results = tmp_path / "results.json"
+    first = [*base, "--dt-alpha-bar-max", "0.99", "--stop-after", "1", "--results", str(results)]
+    assert main(first) == 0
+    config_path = tmp_path / "DT" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["dt_alpha_bar_max"] == 0.99
+    assert json.loads(results.read_text())[-1]["dt_alpha_bar_max"] == 0.99
+    ds = data_lib.load_dataset("digits").subset(128, 64)
+    model = load_run(tmp_path / "DT", ds)[0]
+    assert model.schedule.alpha_bar_max == 0.99
+    # block T's ᾱ is the ceiling: 0.99 in place of 0.9999
+    assert float(model.schedule.alpha_bar(1.0)) == pytest.approx(0.99)
+    with pytest.raises(SystemExit, match=r"dt_alpha_bar_max 0.99 vs 0.9999"):
+        main([*base, "--resume"])
+    del config["dt_alpha_bar_max"]  # as written before the option existed
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match=r"dt_alpha_bar_max 0.9999 vs 0.99"):
+        main([*base, "--resume", "--dt-alpha-bar-max", "0.99"])
+    assert main([*base, "--resume"]) == 0
+
+
 QUICK_BUDGET = ["train", "--dataset", "digits", "--variants", "DT", "FM", "--model", "simple"]
 QUICK_BUDGET += ["--num-blocks", "2", "--batch-size", "64", "--limit-train", "128"]
 QUICK_BUDGET += ["--limit-test", "64", "--inference-runs", "0", "--eval-steps", "2"]
