@@ -419,6 +419,9 @@ def test_dt_noise_gap(tmp_path):
     assert geometry["distance_min"] == pytest.approx(2**0.5, abs=1e-4)
     assert geometry["distance_max"] == pytest.approx(2**0.5, abs=1e-4)
     assert geometry["distance_min_over_sqrt_c_max"] > geometry["distance_min"]
+    # One-hot embeddings are fixed: the run ends where it started.
+    assert geometry["drift_relative"] == 0
+    assert geometry["initial"] == {k: v for k, v in geometry.items() if k in geometry["initial"]}
     result = json.loads(out.read_text())
     summary = json.loads((tmp_path / "run" / "DT" / "summary.json").read_text())
     # The study rounds its percentages to 3 decimals.
@@ -451,6 +454,49 @@ def test_dt_noise_gap(tmp_path):
     # Not vacuous: the noise after block 1 changes some image's readout along the chain.
     noised = gap.correct_one_block(model, x, y, jr.key(3), 0, det, batch=128)
     assert not np.array_equal(noised[1], det[1])
+
+
+def test_dt_noise_gap_embedding_drift(tmp_path):
+    """`--geometry-only --out` on a run with a learned embedding: the initial embedding is the
+    one a model built with the run's key has, and the drift is training's move away from it."""
+    import noprop_eqx as npx
+    from noprop_eqx._loop import run_keys
+
+    run = [sys.executable, "-m", "noprop_eqx", "train", "--variants", "DT", "--dataset"]
+    run += ["digits", "--model", "simple", "--num-blocks", "2", "--embedding", "learned"]
+    run += ["--limit-train", "256", "--epochs", "1", "--inference-runs", "0", "--no-progress"]
+    run += ["--out", str(tmp_path / "run")]
+    subprocess.run(run, check=True, capture_output=True, cwd=BENCHMARKS.parent)
+    out = tmp_path / "geometry.json"
+    study = [sys.executable, str(BENCHMARKS / "studies" / "dt_noise_gap.py"), "--run-dir"]
+    study += [str(tmp_path / "run" / "DT-learned"), "--dataset", "digits", "--geometry-only"]
+    done = subprocess.run(
+        [*study, "--out", str(out)], capture_output=True, text=True, cwd=BENCHMARKS.parent
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    geometry = json.loads(out.read_text())["embedding_geometry"]
+    gap = _import_study("dt_noise_gap")
+    data = npx.data.load_digits()
+    start = npx.build_model(
+        "DT",
+        num_classes=10,
+        image_shape=(1, 8, 8),
+        backbone="simple",
+        embedding="learned",
+        num_blocks=2,
+        key=run_keys(0, "DT")[0],
+    )
+    trained = npx.load_run(tmp_path / "run" / "DT-learned", data.subset(256, None))[0]
+    w0, w = np.asarray(start.embedding.matrix()), np.asarray(trained.embedding.matrix())
+    assert w.shape == (10, 20)
+    c = np.asarray(gap.posterior_coefficients(gap.alpha_bar_grid(trained.schedule, 2))[2])
+    assert geometry["initial"] == gap.embedding_geometry(w0, c)
+    assert geometry == dict(
+        gap.embedding_geometry(w, c),
+        initial=geometry["initial"],
+        drift_relative=pytest.approx(np.linalg.norm(w - w0) / np.linalg.norm(w0), abs=1e-4),
+    )
+    assert geometry["drift_relative"] > 0  # a learned embedding trains
 
 
 def _import_study(name: str):

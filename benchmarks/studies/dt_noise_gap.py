@@ -12,7 +12,9 @@ after each block t. On a trained DT run folder the script measures the accuracy 
 
 First, in seconds, it gives the class embeddings' geometry: their norms and pairwise distances,
 and the smallest distance in units of the noise's standard deviation √c_t along any direction
-(the noise is N(0, c_t I) whatever the embedding). `--geometry-only` stops there.
+(the noise is N(0, c_t I) whatever the embedding); the same for the embedding the run started
+from (rebuilt from its config.json and seed), and how far training moved it, ‖W - W_0‖ / ‖W_0‖.
+`--geometry-only` stops there (and with `--out` writes that much).
 
 Stochastic figures are means over `--runs` runs on the same test images.
 
@@ -36,6 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common  # noqa: E402
 
 import noprop_eqx as npx  # noqa: E402
+from noprop_eqx._checkpoint import model_from_config  # noqa: E402
+from noprop_eqx._loop import run_keys  # noqa: E402
 from noprop_eqx._losses import expected_embedding  # noqa: E402
 from noprop_eqx.models import apply_batched  # noqa: E402
 from noprop_eqx.noise_schedules import alpha_bar_grid, posterior_coefficients  # noqa: E402
@@ -55,6 +59,27 @@ def embedding_geometry(w_embed, c) -> dict:
         distance_median=round(float(np.median(d)), 4),
         distance_max=round(float(d.max()), 4),
         distance_min_over_sqrt_c_max=round(float(d.min() / np.sqrt(np.max(c))), 4),
+    )
+
+
+def initial_embedding(config: dict, ds) -> np.ndarray:
+    """The class embedding a run started from: its model rebuilt from `config.json` with the
+    run's model key (a prototype embedding from the run's training images)."""
+    if config.get("limit_train"):
+        ds = ds.subset(config["limit_train"], None, seed=config.get("subset_seed"))
+    model = model_from_config(config, ds, key=run_keys(config["seed"], config["variant"])[0])
+    return np.asarray(model.embedding.matrix())
+
+
+def embedding_report(w_embed, w_initial, c) -> dict:
+    """`embedding_geometry` of the trained and the initial embedding, and the drift between
+    them, ‖W - W_0‖ / ‖W_0‖ (Frobenius norms; 0 for a fixed embedding)."""
+    w, w0 = np.asarray(w_embed, dtype=np.float64), np.asarray(w_initial, dtype=np.float64)
+    drift = np.linalg.norm(w - w0) / np.linalg.norm(w0)
+    return dict(
+        embedding_geometry(w, c),
+        initial=embedding_geometry(w0, c),
+        drift_relative=round(float(drift), 4),
     )
 
 
@@ -144,16 +169,28 @@ def main() -> None:
     x, y = ds.x_test[: args.limit_test], ds.y_test[: args.limit_test]
     T = model.num_blocks
     _, _, c = posterior_coefficients(alpha_bar_grid(model.schedule, T))
-    geometry = embedding_geometry(model.embedding.matrix(), c)
-    print(
-        f"{config['embedding']} embedding, dim {geometry['dim']}: mean norm "
-        f"{geometry['norm_mean']:.2f}, pairwise distance min / median / max "
-        f"{geometry['distance_min']:.2f} / {geometry['distance_median']:.2f} / "
-        f"{geometry['distance_max']:.2f}, min over max sqrt(c) "
-        f"{geometry['distance_min_over_sqrt_c_max']:.2f}",
-        flush=True,
-    )
+    geometry = embedding_report(model.embedding.matrix(), initial_embedding(config, ds), c)
+    for name, g in (("initial", geometry["initial"]), ("trained", geometry)):
+        print(
+            f"{config['embedding']} embedding, {name}, dim {g['dim']}: mean norm "
+            f"{g['norm_mean']:.2f}, pairwise distance min / median / max "
+            f"{g['distance_min']:.2f} / {g['distance_median']:.2f} / "
+            f"{g['distance_max']:.2f}, min over max sqrt(c) "
+            f"{g['distance_min_over_sqrt_c_max']:.2f}",
+            flush=True,
+        )
+    print(f"drift ||W - W_0|| / ||W_0||: {geometry['drift_relative']:.4f}", flush=True)
     if args.geometry_only:
+        if args.out:
+            header = dict(
+                run_dir=npx._records.portable_path(Path(args.run_dir)),
+                epoch=epoch,
+                embedding=config["embedding"],
+                dataset=ds.name,
+                embedding_geometry=geometry,
+                environment=_common.environment(),
+            )
+            write_json(Path(args.out), header)
         return
     tic = time.perf_counter()
     keys = jr.split(jr.key(args.seed), args.runs)
@@ -242,10 +279,13 @@ def main() -> None:
     print("block argmax, deterministic:  ", deterministic["block_argmax"])
     print("block argmax, paper's:        ", paper["block_argmax"])
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(npx._records.scrub_paths(result), indent=1) + "\n")
-        print(f"wrote {out}")
+        write_json(Path(args.out), result)
+
+
+def write_json(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(npx._records.scrub_paths(result), indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
