@@ -35,12 +35,14 @@ from ._embeddings import (
     OneHotEmbedding as OneHotEmbedding,
     PrototypeEmbedding as PrototypeEmbedding,
 )
+from ._evaluate import evaluate_run as evaluate_run, evaluate_runs as evaluate_runs
 from ._fm import NoPropFM as NoPropFM
 from ._loop import (
     augment_key as augment_key,
     build_model as build_model,
     default_steps_per_call as default_steps_per_call,
     epoch_keys as epoch_keys,
+    inference_key as inference_key,
     stochastic_accuracy as stochastic_accuracy,
     train_epoch as train_epoch,
 )
@@ -118,9 +120,12 @@ __all__ = [
     "dt_value_and_grad",
     "epoch_keys",
     "evaluate_accuracy",
+    "evaluate_run",
+    "evaluate_runs",
     "has_batch_norm",
     "expected_embedding",
     "flow_matching_term",
+    "inference_key",
     "init_optimizer_state",
     "integrate",
     "kl_to_standard_normal",

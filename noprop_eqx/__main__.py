@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import data as data_lib
+from . import _evaluate, data as data_lib
 from ._config import (
     CIFAR100_LABELS,
     COMPUTE_DTYPES,
@@ -34,7 +34,7 @@ from ._config import (
 from ._embeddings import PROTOTYPE_SCALES
 from ._loop import EMBEDDINGS, SOLVERS, VARIANTS
 from ._machine import cpu_model as cpu_model, git_commit as git_commit
-from ._records import RunFileError
+from ._records import RunFileError, scrub_paths, write_json
 from ._run import TrainingDiverged, train
 from .models._factory import BACKBONES
 
@@ -124,7 +124,67 @@ def make_parser() -> argparse.ArgumentParser:
     )
     add_train_arguments(train)
     train.set_defaults(subparser=train)  # reports option errors with the subcommand's usage
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="measure trained runs' read-outs again from their checkpoints (the paper's "
+        "protocol over seeds)",
+        description=_evaluate.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(subparser=evaluate)
     return parser
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `noprop-eqx evaluate`."""
+    p.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        metavar="RUN",
+        help="a run folder (holding config.json and checkpoint.eqx) or a folder above run "
+        "folders, e.g. the --out of a --seeds run",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="local data folder, as for training; default $NOPROP_DATA_DIR, then the "
+        "HuggingFace hub",
+    )
+    p.add_argument(
+        "--no-verify-md5",
+        action="store_true",
+        help="skip the md5 check of the official MNIST/CIFAR files",
+    )
+    p.add_argument(
+        "--inference-runs",
+        type=_non_negative_int,
+        default=DEFAULTS.inference_runs,
+        help="stochastic inference runs per run folder (default 5, the paper's; 0 skips)",
+    )
+    p.add_argument(
+        "--inference-seed",
+        type=int,
+        default=None,
+        help="seed of the stochastic read-out's key (default: each run's own seed, the key "
+        "its training's final read-out used)",
+    )
+    p.add_argument(
+        "--eval-solver",
+        choices=sorted(SOLVERS),
+        default=None,
+        help="CT/FM inference solver (default: each run's own; tsit5 is adaptive)",
+    )
+    p.add_argument(
+        "--eval-steps",
+        type=_positive_int,
+        default=None,
+        help="CT/FM fixed-step solver steps (default: each run's own)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="write the read-outs to this JSON file as well"
+    )
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -467,6 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     command = command_line(sys.argv) if argv is None else shlex.join(["noprop-eqx", *argv])
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        return evaluate_main(args, command)
     if args.command != "train":
         parser.error(f"unknown command {args.command!r}")
     try:
@@ -483,6 +545,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    return 0
+
+
+def evaluate_main(args: argparse.Namespace, command: str) -> int:
+    """`noprop-eqx evaluate`: every run's read-outs printed as measured, the pooled protocol
+    lines after them, and with `--out` the whole as JSON."""
+    try:
+        result = _evaluate.evaluate_runs(
+            args.runs,
+            data_dir=args.data_dir,
+            verify_md5=not args.no_verify_md5,
+            inference_runs=args.inference_runs,
+            eval_solver=args.eval_solver,
+            eval_steps=args.eval_steps,
+            inference_seed=args.inference_seed,
+        )
+    except (ConfigError, data_lib.DatasetNotFoundError, data_lib.DataIntegrityError) as e:
+        args.subparser.error(str(e))
+    except RunFileError as e:
+        raise SystemExit(f"noprop-eqx evaluate: error: {e}") from None
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.out, scrub_paths(_evaluate.evaluation_report(result, command=command)))
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -419,6 +419,12 @@ def _augmented(batches, augment, k_augment):
         yield augment(bx, key=jr.fold_in(k_augment, i)), by
 
 
+def inference_key(seed: int) -> PRNGKeyArray:
+    """The key of a run's final stochastic read-out (`noprop-eqx train` with `--seed seed`):
+    `fold_in(key(seed), 1_000_003)`, split once per inference run by `stochastic_accuracy`."""
+    return jr.fold_in(jr.key(seed), 1_000_003)
+
+
 def stochastic_accuracy(
     model: eqx.Module,
     x: np.ndarray,

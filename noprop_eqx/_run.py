@@ -31,6 +31,7 @@ from ._dt import NoPropDT
 from ._dt_step import make_dt_step
 from ._embeddings import is_fixed_embedding
 from ._loop import (
+    inference_key,
     resolve_embed_dim,
     run_keys,
     solver_kwargs,
@@ -206,21 +207,44 @@ def _refuse_changes(run_dir: Path, diff: dict) -> None:
         )
 
 
-def load_data(config: RunConfig) -> data_lib.ImageDataset:
-    """The run's dataset (with its seeded, stratified subsets when limited), checked finite."""
-    extra = dict(labels=config.cifar100_labels) if config.dataset == "cifar100" else {}
-    ds = data_lib.load_dataset(
-        config.dataset, config.data_dir, verify_md5=config.verify_md5, **extra
-    )
-    if config.limit_train is not None or config.limit_test is not None:
+def read_dataset(
+    dataset: str,
+    data_dir: str | None,
+    *,
+    verify_md5: bool = True,
+    cifar100_labels: str | None = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    subset_seed: int | None = None,
+) -> data_lib.ImageDataset:
+    """A dataset as a run reads it (with its seeded, stratified subsets when limited; a
+    `subset_seed` of None keeps the first rows, as runs made before seeded subsets did),
+    checked finite."""
+    extra = dict(labels=cifar100_labels or "fine") if dataset == "cifar100" else {}
+    ds = data_lib.load_dataset(dataset, data_dir, verify_md5=verify_md5, **extra)
+    if limit_train is not None or limit_test is not None:
         try:
-            ds = ds.subset(config.limit_train, config.limit_test, seed=config.subset_seed)
+            ds = ds.subset(limit_train, limit_test, seed=subset_seed)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     for split, x in (("train", ds.x_train), ("test", ds.x_test)):
         if not np.isfinite(x).all():
             bad = int(np.sum(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
             raise RunFileError(f"{ds.name}: {bad} {split} images hold NaN or inf values")
+    return ds
+
+
+def load_data(config: RunConfig) -> data_lib.ImageDataset:
+    """The run's dataset (`read_dataset` with the run's settings), checked against them."""
+    ds = read_dataset(
+        config.dataset,
+        config.data_dir,
+        verify_md5=config.verify_md5,
+        cifar100_labels=config.cifar100_labels,
+        limit_train=config.limit_train,
+        limit_test=config.limit_test,
+        subset_seed=config.subset_seed,
+    )
     try:  # option combinations that depend on the data
         resolve_embed_dim(config.embedding, config.embed_dim, ds.num_classes, ds.image_shape)
     except ValueError as e:
@@ -644,7 +668,7 @@ def _read_outs(run: _Run, config: RunConfig, ds: data_lib.ImageDataset, log: Tex
         # The paper's read-out: DT's Eq. 3 with noise from z_0 ~ N(0, I); CT/FM's ODE from
         # z_0 ~ N(0, I) (the deterministic read-outs above start from z_0 = 0).
         tic = time.perf_counter()
-        k_infer = jr.fold_in(jr.key(config.seed), 1_000_003)
+        k_infer = inference_key(config.seed)
         runs = config.inference_runs
         stoch = stochastic_accuracy(
             model,
@@ -668,12 +692,21 @@ def _read_outs(run: _Run, config: RunConfig, ds: data_lib.ImageDataset, log: Tex
             flush=True,
         )
     if variant in ("CT", "FM"):
-        if config.eval_solver == "tsit5":  # adaptive: the NFE of a full evaluation batch
-            nfe = model.solve(x_test[: min(len(x_test), 1000)], **predict_kwargs).nfe
-        else:  # fixed step: the same for any batch, no need to solve again
-            per_step, initial = evaluations_per_step(predict_kwargs["solver"])
-            nfe = config.eval_steps * per_step + initial
-        out["inference_solver"] = config.eval_solver
-        out["eval_steps"] = None if config.eval_solver == "tsit5" else config.eval_steps
-        out["nfe"] = int(nfe)
+        out.update(solver_record(model, variant, config.eval_solver, config.eval_steps, x_test))
     return out
+
+
+def solver_record(model, variant: str, solver: str, steps: int, x: np.ndarray) -> dict:
+    """A CT/FM record's inference solver, its steps and the network evaluations (NFE) of one
+    solve: for an adaptive solver, those of a batch of up to 1,000 of the images `x`."""
+    predict_kwargs = solver_kwargs(variant, solver, steps)
+    if solver == "tsit5":  # adaptive: the NFE of a full evaluation batch
+        nfe = model.solve(x[: min(len(x), 1000)], **predict_kwargs).nfe
+    else:  # fixed step: the same for any batch, no need to solve again
+        per_step, initial = evaluations_per_step(predict_kwargs["solver"])
+        nfe = steps * per_step + initial
+    return dict(
+        inference_solver=solver,
+        eval_steps=None if solver == "tsit5" else steps,
+        nfe=int(nfe),
+    )
