@@ -173,6 +173,7 @@ def evaluate_runs(
     eval_steps: int | None = None,
     inference_seed: int | None = None,
     log: TextIO | None = None,
+    progress: TextIO | None = None,
 ) -> dict:
     """`evaluate_run` for every run folder in or below `paths` (`find_run_dirs`), each on the
     data it trained on, read from `data_dir` (as `noprop-eqx train --data-dir`).
@@ -180,9 +181,11 @@ def evaluate_runs(
     **Returns:** `{"runs": [record, ...], "protocol": [...]}`, one protocol entry (the seeds,
     `protocol_statistic`, the runs' variant, embedding and epoch) for every group of two or
     more seeds whose settings differ only in the seed, at the same epoch. Each run's line is
-    printed to `log` (default standard output) as it is done, the pooled lines at the end.
+    printed to `log` (default standard output) as it is done, the pooled lines at the end;
+    `progress` (default standard error) says which run is being read out.
     """
     log = sys.stdout if log is None else log
+    progress = sys.stderr if progress is None else progress
     if inference_runs == 1 or inference_runs < 0:
         raise ConfigError(
             f"expected --inference-runs 0 (no stochastic read-out) or at least 2 (for a "
@@ -191,8 +194,13 @@ def evaluate_runs(
     run_dirs = find_run_dirs(paths)
     cache: dict = {}
     records, groups = [], {}
-    for run_dir in run_dirs:
+    for i, run_dir in enumerate(run_dirs, 1):
         config = saved_defaults(read_json(run_dir / "config.json", "the run's settings file"))
+        print(
+            f"[{i}/{len(run_dirs)}] reading out {portable_path(run_dir)} ...",
+            file=progress,
+            flush=True,
+        )
         ds = _run_dataset(config, run_dir, data_dir, verify_md5, cache)
         record = evaluate_run(
             run_dir,
