@@ -35,6 +35,14 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+SEED_RANGE = "an integer from -2^63 to 2^63 - 1"
+
+
+def is_seed(value: object) -> bool:
+    """A seed `jax.random.key` takes: a 64-bit signed integer."""
+    return _is_int(value) and -(2**63) <= value < 2**63
+
+
 def _positive(value: object) -> bool:
     return _is_int(value) and value >= 1
 
@@ -107,8 +115,8 @@ class RunConfig:
             _expect(
                 isinstance(self.seeds, list | tuple)
                 and len(self.seeds) > 0
-                and all(_is_int(s) for s in self.seeds),
-                "seeds to be a non-empty list of integers or None",
+                and all(is_seed(s) for s in self.seeds),
+                f"seeds to be a non-empty list of seeds ({SEED_RANGE} each) or None",
                 self.seeds,
             )
             _expect(len(set(self.seeds)) == len(self.seeds), "seeds without repeats", self.seeds)
@@ -183,8 +191,12 @@ class RunConfig:
             "time_budget to be a number of seconds > 0 or None",
             budget,
         )
-        for name in ("seed", "subset_seed"):
-            _expect(_is_int(getattr(self, name)), f"{name} to be an integer", getattr(self, name))
+        _expect(is_seed(self.seed), f"seed to be {SEED_RANGE}", self.seed)
+        _expect(
+            _is_int(self.subset_seed) and self.subset_seed >= 0,
+            "subset_seed to be a non-negative integer",
+            self.subset_seed,
+        )
         _expect(
             _is_int(self.augment_shift) and self.augment_shift >= 0,
             "augment_shift to be a non-negative integer",

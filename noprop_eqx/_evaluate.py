@@ -24,7 +24,7 @@ from typing import TextIO
 
 from . import data as data_lib
 from ._checkpoint import load_run
-from ._config import ConfigError, saved_defaults
+from ._config import SEED_RANGE, ConfigError, is_seed, saved_defaults
 from ._loop import inference_key, solver_kwargs, stochastic_accuracy
 from ._machine import device_name, git_commit
 from ._records import RunFileError, portable_path, read_json, read_metrics
@@ -191,6 +191,8 @@ def evaluate_runs(
             f"expected --inference-runs 0 (no stochastic read-out) or at least 2 (for a "
             f"standard error), got {inference_runs}"
         )
+    if inference_seed is not None and not is_seed(inference_seed):
+        raise ConfigError(f"expected --inference-seed to be {SEED_RANGE}, got {inference_seed}")
     run_dirs = find_run_dirs(paths)
     cache: dict = {}
     records, groups = [], {}

@@ -111,6 +111,8 @@ def test_evaluate_errors(seeds_run, tmp_path, capsys):
     assert "holds no run folder" in error(tmp_path / "empty")
     message = error(seeds_run, "--inference-runs", "1")
     assert "expected --inference-runs 0" in message and "got 1" in message
+    message = error(seeds_run, "--inference-seed", str(2**64))
+    assert "--inference-seed to be an integer from -2^63" in message
     # A checkpoint cut short: the run folder is named and the file's fault said.
     broken = tmp_path / "broken" / "FM"
     shutil.copytree(seeds_run / "seed0" / "FM", broken)
