@@ -116,7 +116,7 @@ class RunConfig:
                 isinstance(self.seeds, list | tuple)
                 and len(self.seeds) > 0
                 and all(is_seed(s) for s in self.seeds),
-                f"seeds to be a non-empty list of seeds ({SEED_RANGE} each) or None",
+                "seeds to be a non-empty list of integers, each from -2^63 to 2^63 - 1, or None",
                 self.seeds,
             )
             _expect(len(set(self.seeds)) == len(self.seeds), "seeds without repeats", self.seeds)
