@@ -32,7 +32,7 @@ from ._config import (
     RunConfig,
 )
 from ._embeddings import PROTOTYPE_SCALES
-from ._loop import EMBEDDINGS, SOLVERS, VARIANTS
+from ._loop import EMBEDDINGS, EVAL_SOLVERS, VARIANTS
 from ._machine import cpu_model as cpu_model, git_commit as git_commit
 from ._records import RunFileError, scrub_paths, write_json
 from ._run import TrainingDiverged, train
@@ -172,15 +172,16 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--eval-solver",
-        choices=sorted(SOLVERS),
+        choices=EVAL_SOLVERS,
         default=None,
-        help="CT/FM inference solver (default: each run's own; tsit5 is adaptive)",
+        help="CT/FM inference solver (default: each run's own; tsit5 is adaptive; recurrence, "
+        "CT only: Eq. 3 on a grid of --eval-steps steps)",
     )
     p.add_argument(
         "--eval-steps",
         type=_positive_int,
         default=None,
-        help="CT/FM fixed-step solver steps (default: each run's own)",
+        help="CT/FM fixed-step solver (or recurrence) steps (default: each run's own)",
     )
     p.add_argument(
         "--out", type=Path, default=None, help="write the read-outs to this JSON file as well"
@@ -439,9 +440,10 @@ def _add_output_options(p) -> None:
     )
     p.add_argument(
         "--eval-solver",
-        choices=sorted(SOLVERS),
+        choices=EVAL_SOLVERS,
         default=DEFAULTS.eval_solver,
-        help="CT/FM inference solver (tsit5 is adaptive, rtol=atol=1e-3)",
+        help="CT/FM inference solver (tsit5 is adaptive, rtol=atol=1e-3; recurrence, CT only: "
+        "Eq. 3 on a grid of --eval-steps steps)",
     )
     p.add_argument(
         "--eval-steps",

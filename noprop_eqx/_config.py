@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._embeddings import PROTOTYPE_SCALES
-from ._loop import EMBEDDINGS, SOLVERS, VARIANTS
+from ._loop import EMBEDDINGS, EVAL_SOLVERS, VARIANTS
 from ._train import weight_decay_mode
 from .models._factory import BACKBONES, backbone_name
 from .noise_schedules import CosineNoiseSchedule
@@ -158,7 +158,7 @@ class RunConfig:
             ("model", BACKBONES),
             ("compute_dtype", COMPUTE_DTYPES),
             ("cifar100_labels", CIFAR100_LABELS),
-            ("eval_solver", tuple(sorted(SOLVERS))),
+            ("eval_solver", EVAL_SOLVERS),
         ):
             _expect(
                 getattr(self, name) in choices,
@@ -235,6 +235,12 @@ class RunConfig:
         if self.ct_gamma_init != RunConfig.ct_gamma_init and "CT" not in self.variants:
             raise ConfigError(
                 f"ct_gamma_init applies to variant 'CT' only, got variants {self.variants}"
+            )
+        if self.eval_solver == "recurrence" and "FM" in self.variants:
+            raise ConfigError(
+                "eval_solver 'recurrence' (Eq. 3 on a time grid) needs a noise schedule, which "
+                "NoProp-CT has and FM has not: train FM with an ODE solver (euler, heun or "
+                f"tsit5) or leave it out of the variants, got variants {self.variants}"
             )
         if self.dt_alpha_bar_max != DT_ALPHA_BAR_MAX and "DT" not in self.variants:
             raise ConfigError(

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped
 
-from ._checks import check_batch, check_time
+from ._checks import check_batch, check_images, check_time
 from ._continuous import AbstractContinuousNoProp
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
 from ._losses import (
@@ -18,14 +18,19 @@ from ._losses import (
     sample_times,
     weighted_denoising_term,
 )
-from .models import AbstractBackbone, apply_batched, decode_batched
+from ._recurrence import posterior_recurrence
+from .models import AbstractBackbone, apply_batched, decode_batched, encode_batched
 from .models._factory import BackboneSpec, make_backbone
-from .noise_schedules import AbstractNoiseSchedule, LearnedNoiseSchedule
+from .noise_schedules import AbstractNoiseSchedule, LearnedNoiseSchedule, alpha_bar_grid
+
+SAMPLERS = ("ode", "recurrence")
 
 
 class NoPropCT(AbstractContinuousNoProp):
     """NoProp-CT: û_θ(z_t, x, t), a class embedding, a linear readout and a (by default
-    learned) noise schedule. Inference integrates the probability-flow ODE with Diffrax.
+    learned) noise schedule. Inference integrates the probability-flow ODE with Diffrax
+    (`solve`), or runs NoProp-DT's Eq. 3 recurrence on a fine time grid (`recurrence`): pick
+    with `logits(..., sampler=...)`.
 
     `t_sampling`: how a batch's times are drawn for Eq. 9, "uniform" (independent, the paper)
     or "stratified" (spread evenly; see `sample_times`). The default schedule is a
@@ -117,8 +122,56 @@ class NoPropCT(AbstractContinuousNoProp):
         eps_hat = (z - signal * u_hat) / noise
         return d_signal * u_hat + d_noise * eps_hat
 
+    def recurrence(
+        self,
+        x: Shaped[ArrayLike, "batch c h w"],
+        *,
+        key: PRNGKeyArray | None = None,
+        num_steps: int = 1000,
+    ) -> Float[Array, "batch dim"]:
+        """z_1 by the second sampler: Eq. 3 on the grid t_k = k/`num_steps`,
+
+            z_k = a_k û_θ(z_{k-1}, x, t_{k-1}) + b_k z_{k-1} + √c_k ε_k,
+
+        with the posterior coefficients of this model's schedule (see `posterior_recurrence`).
+        With a key, z_0 ~ N(0, I) and ε_k ~ N(0, I): a stochastic read-out, like the ODE from
+        a random start. With `key=None`, z_0 = 0 and ε_k = 0. One network evaluation a step;
+        the image branch runs once."""
+        if not (isinstance(num_steps, int) and not isinstance(num_steps, bool) and num_steps >= 1):
+            raise ValueError(f"expected num_steps to be a positive int, got {num_steps!r}")
+        x = check_images(x, self.image_shape)
+        features = encode_batched(self.net, x)
+        w_embed = self.embedding.matrix()
+        shape = (x.shape[0], self.embedding.dim)
+
+        def u_hat(t, z):
+            logits = decode_batched(self.net, z, features, t)
+            return jax.vmap(expected_embedding, (0, None))(logits, w_embed)
+
+        if key is None:
+            z0, k_eps = jnp.zeros(shape), None
+        else:
+            k0, k_eps = jr.split(key)
+            z0 = jr.normal(k0, shape)
+        grid = alpha_bar_grid(self.schedule, num_steps)
+        return posterior_recurrence(u_hat, z0, grid, key=k_eps)
+
     def logits(
-        self, x: Shaped[ArrayLike, "batch c h w"], **solve_kwargs
+        self, x: Shaped[ArrayLike, "batch c h w"], *, sampler: str = "ode", **solve_kwargs
     ) -> Float[Array, "batch classes"]:
-        """readout(z_1), with z_1 from `solve(x, **solve_kwargs)`."""
-        return jax.vmap(self.readout)(self.solve(x, **solve_kwargs).z1)
+        """readout(z_1). `sampler="ode"` (default): z_1 from `solve(x, **solve_kwargs)`.
+        `sampler="recurrence"`: z_1 from `recurrence(x, key=..., num_steps=...)`, which takes
+        those two keywords only."""
+        if sampler == "ode":
+            z1 = self.solve(x, **solve_kwargs).z1
+        elif sampler == "recurrence":
+            unknown = sorted(set(solve_kwargs) - {"key", "num_steps"})
+            if unknown:
+                raise TypeError(
+                    f"sampler='recurrence' takes the keywords key and num_steps only, got "
+                    f"{unknown}: the solver keywords belong to sampler='ode'"
+                )
+            z1 = self.recurrence(x, **solve_kwargs)
+        else:
+            raise ValueError(f"expected sampler to be one of {SAMPLERS}, got {sampler!r}")
+        return jax.vmap(self.readout)(z1)

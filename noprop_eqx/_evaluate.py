@@ -194,6 +194,15 @@ def evaluate_runs(
     if inference_seed is not None and not is_seed(inference_seed):
         raise ConfigError(f"expected --inference-seed to be {SEED_RANGE}, got {inference_seed}")
     run_dirs = find_run_dirs(paths)
+    if eval_solver == "recurrence":  # CT's alone: refuse before any run is read out
+        for run_dir in run_dirs:
+            config = read_json(run_dir / "config.json", "the run's settings file")
+            if config.get("variant") == "FM":
+                raise ConfigError(
+                    f"--eval-solver recurrence (Eq. 3 on a time grid) needs a noise schedule, "
+                    f"which NoProp-CT has and FM has not: {portable_path(run_dir)} is an FM "
+                    f"run; evaluate it with euler, heun or tsit5, or leave it out"
+                )
     cache: dict = {}
     records, groups = [], {}
     for i, run_dir in enumerate(run_dirs, 1):

@@ -43,6 +43,9 @@ SOLVERS: dict[str, Callable[[], diffrax.AbstractSolver]] = {
     "heun": diffrax.Heun,
     "tsit5": diffrax.Tsit5,
 }
+# The read-outs `--eval-solver` can name: the ODE solvers, and NoProp-CT's Eq. 3 recurrence on
+# a grid of `--eval-steps` steps (`NoPropCT.recurrence`).
+EVAL_SOLVERS = (*sorted(SOLVERS), "recurrence")
 
 
 def check_variant(variant: str) -> str:
@@ -162,13 +165,21 @@ def solver_kwargs(variant: str, solver: str = "heun", num_steps: int = 20) -> di
     """Keywords for `model.predict` of a CT/FM model (none for DT/BP)."""
     if variant not in ("CT", "FM"):
         return {}
-    if solver not in SOLVERS:
-        raise ValueError(f"expected a solver in {sorted(SOLVERS)}, got {solver!r}")
+    if solver not in EVAL_SOLVERS:
+        raise ValueError(f"expected a solver in {list(EVAL_SOLVERS)}, got {solver!r}")
+    if solver == "recurrence" and variant != "CT":
+        raise ValueError(
+            f"the 'recurrence' read-out (Eq. 3 on a time grid) needs a noise schedule, which "
+            f"NoProp-CT has and {variant} has not; read {variant} out with an ODE solver, one "
+            f"of {sorted(SOLVERS)}"
+        )
     if solver == "tsit5":
         controller = diffrax.PIDController(rtol=1e-3, atol=1e-3)
         return dict(solver=diffrax.Tsit5(), stepsize_controller=controller)
     if not (isinstance(num_steps, int) and num_steps >= 1):
         raise ValueError(f"expected a positive number of solver steps, got {num_steps!r}")
+    if solver == "recurrence":
+        return dict(sampler="recurrence", num_steps=num_steps)
     return dict(solver=SOLVERS[solver](), num_steps=num_steps)
 
 

@@ -702,6 +702,8 @@ def solver_record(model, variant: str, solver: str, steps: int, x: np.ndarray) -
     predict_kwargs = solver_kwargs(variant, solver, steps)
     if solver == "tsit5":  # adaptive: the NFE of a full evaluation batch
         nfe = model.solve(x[: min(len(x), 1000)], **predict_kwargs).nfe
+    elif solver == "recurrence":  # one network evaluation a step
+        nfe = steps
     else:  # fixed step: the same for any batch, no need to solve again
         per_step, initial = evaluations_per_step(predict_kwargs["solver"])
         nfe = steps * per_step + initial

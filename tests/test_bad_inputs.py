@@ -56,6 +56,7 @@ CASES = [
     ("empty data dir", ["--dataset", "cifar10", "--data-dir", "{tmp}"], "cifar-10-python.tar.gz"),
     ("out is a file", ["--out", "{tmp}/file.txt"], "expected --out to be a folder"),
     ("unknown solver", ["--eval-solver", "rk4"], "invalid choice: 'rk4'"),
+    ("recurrence for FM", ["--eval-solver", "recurrence"], "needs a noise schedule"),
     ("zero solver steps", ["--eval-steps", "0"], "--eval-steps: expected a positive integer"),
     ("zero limit", ["--limit-train", "0"], "--limit-train: expected a positive integer"),
     ("limit below classes", ["--limit-train", "5"], "expected --limit-train of at least 10"),

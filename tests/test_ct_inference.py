@@ -307,3 +307,109 @@ def test_learned_schedule_gets_a_gradient_and_stays_monotone():
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), after, before)
     assert min(jax.tree.leaves(moved)) > 1e-3, moved
     _check_monotone(model.schedule)
+
+
+# ---------------------------------------------------------------------------------------------
+# The second sampler: Eq. 3 on the grid t_k = k/N (`NoPropCT.recurrence`).
+#
+# With û exactly u (the oracle), step k draws from the posterior q(z_k | z_{k-1}, y), whose mean
+# is √ᾱ_k u + b_k (z_{k-1} - √ᾱ_{k-1} u) (a_k + b_k √ᾱ_{k-1} = √ᾱ_k, from the coefficients).
+# Composed over the grid, the b_k telescope:
+#
+#     Π_k b_k = Π √(ᾱ_{k-1}/ᾱ_k) · (1 - ᾱ_k)/(1 - ᾱ_{k-1}) = √(ᾱ_0/ᾱ_1) (1 - ᾱ_1)/(1 - ᾱ_0) =: B,
+#
+# so z_N = √ᾱ_1 u + B (z_0 - √ᾱ_0 u) + (noise), for every N. The noise is the posterior
+# q(z_1 | z_0, y)'s: variance (1 - ᾱ_1)(1 - ᾱ_0/ᾱ_1)/(1 - ᾱ_0) per coordinate.
+
+
+def _recurrence_closed_form(schedule):
+    """(B, the posterior variance) of the grid's end points."""
+    ab0, ab1 = _endpoints(schedule)
+    gain = math.sqrt(ab0 / ab1) * (1 - ab1) / (1 - ab0)
+    return gain, (1 - ab1) * (1 - ab0 / ab1) / (1 - ab0)
+
+
+@pytest.mark.parametrize("num_steps", [1, 7, 200])
+def test_recurrence_from_zero_matches_the_closed_form(oracle_ct, num_steps):
+    """Without a key: z_0 = 0 and no noise, so z_N = (√ᾱ_1 - B √ᾱ_0) u, the same for any N."""
+    _, model = oracle_ct
+    u = np.asarray(model.embedding.matrix(), dtype=np.float64)[LABELS]
+    gain, _ = _recurrence_closed_form(model.schedule)
+    ab0, ab1 = _endpoints(model.schedule)
+    z1 = np.asarray(model.recurrence(_images(), num_steps=num_steps), np.float64)
+    # float32 rounding over up to 200 steps of a contraction (|b_k| < 1). Measured: <= 4e-6,
+    # but 4.5e-5 for the cosine schedule at 200 steps (near its clip at ᾱ = 0.9999, 1 - ᾱ
+    # carries few float32 digits). A wrong coefficient or time would be off by O(0.1).
+    np.testing.assert_allclose(z1, (math.sqrt(ab1) - gain * math.sqrt(ab0)) * u, atol=2e-4)
+
+
+def test_recurrence_with_a_key_has_the_posterior_moments(oracle_ct):
+    """With a key: z_0 ~ N(0, I) and noise at every step, so z_N - (√ᾱ_1 - B √ᾱ_0) u has mean 0
+    and variance B² + the posterior variance. 4,096 images × 5 coordinates: the mean is checked
+    to 5 standard errors, the variance to 5% (its standard error is √(2/20480) = 1%)."""
+    _, model = oracle_ct
+    n = 4096
+    x = np.random.default_rng(2).normal(size=(n, *SHAPE)).astype(np.float32)
+    labels = np.arange(n) % M
+    x[:, 0, 0, 0] = labels
+    u = np.asarray(model.embedding.matrix(), dtype=np.float64)[labels]
+    gain, posterior_var = _recurrence_closed_form(model.schedule)
+    ab0, ab1 = _endpoints(model.schedule)
+    z1 = np.asarray(model.recurrence(jnp.asarray(x), key=jr.key(5), num_steps=10), np.float64)
+    residual = (z1 - (math.sqrt(ab1) - gain * math.sqrt(ab0)) * u).ravel()
+    variance = gain**2 + posterior_var
+    assert abs(residual.mean()) < 5 * math.sqrt(variance / residual.size)
+    assert abs(residual.var() / variance - 1) < 0.05, (residual.var(), variance)
+
+
+def test_recurrence_is_eq3_on_the_grid_written_out():
+    """A trained-looking network (random weights, so û depends on z, x and t): the deterministic
+    recurrence equals Eq. 3 written out in float64 numpy, with û_k from the network at
+    (z_{k-1}, x, t_{k-1}) and the coefficients from ᾱ(k/N); `logits` and `predict` read it out."""
+    model = npx.NoPropCT(M, SHAPE, backbone=_TinyTimeNet, key=jr.key(1))
+    x = _images()
+    num_steps = 3
+    w = np.asarray(model.embedding.matrix(), np.float64)
+    ab = [float(model.schedule.alpha_bar(k / num_steps)) for k in range(num_steps + 1)]
+    z = np.zeros((B, w.shape[1]))
+    for k in range(1, num_steps + 1):
+        prev, cur = ab[k - 1], ab[k]
+        alpha = prev / cur
+        a = math.sqrt(cur) * (1 - alpha) / (1 - prev)
+        b = math.sqrt(alpha) * (1 - cur) / (1 - prev)
+        t = jnp.float32((k - 1) / num_steps)
+        logits = np.stack(
+            [np.asarray(model.net(jnp.asarray(z[i], jnp.float32), x[i], t)) for i in range(B)]
+        ).astype(np.float64)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        u_hat = (p / p.sum(-1, keepdims=True)) @ w
+        z = a * u_hat + b * z
+    got = np.asarray(model.recurrence(x, num_steps=num_steps), np.float64)
+    np.testing.assert_allclose(got, z, atol=1e-5)
+    logits = model.logits(x, sampler="recurrence", num_steps=num_steps)
+    np.testing.assert_allclose(
+        np.asarray(logits),
+        np.asarray(jax.vmap(model.readout)(jnp.asarray(z, jnp.float32))),
+        atol=1e-5,
+    )
+    predicted = model.predict(x, sampler="recurrence", num_steps=num_steps)
+    np.testing.assert_array_equal(np.asarray(predicted), np.argmax(np.asarray(logits), -1))
+    # With a key the chain is random: the same key gives the same z_1, another key another.
+    z_a = model.recurrence(x, key=jr.key(0), num_steps=num_steps)
+    assert np.array_equal(z_a, model.recurrence(x, key=jr.key(0), num_steps=num_steps))
+    assert not np.allclose(z_a, model.recurrence(x, key=jr.key(1), num_steps=num_steps))
+    assert not np.allclose(z_a, got)
+
+
+def test_recurrence_bad_inputs():
+    model = npx.NoPropCT(M, SHAPE, backbone=_TinyTimeNet, key=jr.key(1))
+    x = _images()
+    with pytest.raises(
+        ValueError, match=r"sampler to be one of \('ode', 'recurrence'\), got 'sde'"
+    ):
+        model.logits(x, sampler="sde")
+    with pytest.raises(TypeError, match=r"key and num_steps only, got \['solver'\]"):
+        model.logits(x, sampler="recurrence", solver=diffrax.Euler())
+    for bad in (0, -3, True):
+        with pytest.raises(ValueError, match="num_steps to be a positive int"):
+            model.recurrence(x, num_steps=bad)

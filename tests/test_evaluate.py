@@ -128,3 +128,35 @@ def test_evaluate_errors(seeds_run, tmp_path, capsys):
     message = error(edited)
     assert "trained on 11 classes" in message and "point --data-dir" in message
     assert "Traceback" not in message
+    # The recurrence read-out is CT's: asked of FM runs, it refuses before reading any out.
+    message = error(seeds_run, "--eval-solver", "recurrence")
+    assert "needs a noise schedule" in message and "FM run" in message
+    assert "reading out" not in message
+
+
+def test_ct_recurrence_read_out_trains_and_evaluates(tmp_path):
+    """CT trained with `--eval-solver recurrence`: training records the read-out of Eq. 3 on
+    a 6-step grid (6 network evaluations), and `evaluate` reproduces every figure; the same
+    model read out by the ODE gives the figures of `predict` with Heun."""
+    out = tmp_path / "runs"
+    argv = [
+        "train", "--dataset", "digits", "--model", "simple", "--variants", "CT",
+        "--epochs", "1", "--batch-size", "64", "--eval-solver", "recurrence", "--eval-steps", "6",
+        "--inference-runs", "2", "--no-progress", "--out", str(out), *LIMITS,
+    ]  # fmt: skip
+    assert main(argv) == 0
+    summary = _summary(out / "CT")
+    assert (summary["inference_solver"], summary["eval_steps"], summary["nfe"]) == (
+        "recurrence", 6, 6,
+    )  # fmt: skip
+    (r,) = evaluate_runs([out], inference_runs=2)["runs"]
+    assert r["final_accuracy"] == summary["final_accuracy"]
+    assert r["accuracy_stochastic_runs"] == summary["accuracy_stochastic_runs"]
+    ds = data_lib.load_dataset("digits").subset(128, 100)
+    model = npx.load_run(out / "CT", ds)[0]
+    by_hand = npx.evaluate_accuracy(model, ds.x_test, ds.y_test, sampler="recurrence", num_steps=6)
+    assert r["final_accuracy"] == by_hand
+    (ode,) = evaluate_runs([out], inference_runs=0, eval_solver="heun", eval_steps=5)["runs"]
+    kwargs = dict(solver=diffrax.Heun(), num_steps=5)
+    assert ode["final_accuracy"] == npx.evaluate_accuracy(model, ds.x_test, ds.y_test, **kwargs)
+    assert (ode["inference_solver"], ode["nfe"]) == ("heun", 10)
