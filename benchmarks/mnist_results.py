@@ -63,6 +63,7 @@ SETTINGS = (
     "weight_decay",
     "optimizer",
     "ct_gamma_init",
+    "ct_fixed_schedule",
     "dt_alpha_bar_max",
     "compute_dtype",
     "limit_train",

@@ -320,6 +320,12 @@ def _add_model_options(p) -> None:
         "t = 0 (noise); default -2 2; -5 5 was the default before, and learns more slowly",
     )
     p.add_argument(
+        "--ct-fixed-schedule",
+        action="store_true",
+        help="CT only: hold the noise schedule at its start (--ct-gamma-init) instead of "
+        "learning it (no gradient, no weight decay); a departure from the paper",
+    )
+    p.add_argument(
         "--dt-alpha-bar-max",
         type=float,
         metavar="A",

@@ -88,6 +88,7 @@ def model_from_config(config: dict, dataset, *, key: PRNGKeyArray) -> eqx.Module
         ct_gamma_init=config.get(
             "ct_gamma_init", [-5.0, 5.0] if config["variant"] == "CT" else None
         ),
+        ct_fixed_schedule=bool(config.get("ct_fixed_schedule") or False),
         dt_alpha_bar_max=config.get("dt_alpha_bar_max"),
         key=key,
     )

@@ -76,6 +76,7 @@ class RunConfig:
     norm: str = "group"
     num_blocks: int = 10
     ct_gamma_init: tuple[float, float] | list[float] = (-2.0, 2.0)
+    ct_fixed_schedule: bool = False
     dt_alpha_bar_max: float = DT_ALPHA_BAR_MAX
     compute_dtype: str = "float32"
     steps_per_call: int | str = "auto"
@@ -222,6 +223,11 @@ class RunConfig:
         )
 
     def _check_combinations(self) -> None:
+        _expect(
+            isinstance(self.ct_fixed_schedule, bool),
+            "ct_fixed_schedule to be True or False",
+            self.ct_fixed_schedule,
+        )
         if self.embedding != "prototype":
             for name, given in (
                 ("prototype_scale", self.prototype_scale is not None),
@@ -241,6 +247,10 @@ class RunConfig:
                 "eval_solver 'recurrence' (Eq. 3 on a time grid) needs a noise schedule, which "
                 "NoProp-CT has and FM has not: train FM with an ODE solver (euler, heun or "
                 f"tsit5) or leave it out of the variants, got variants {self.variants}"
+            )
+        if self.ct_fixed_schedule and "CT" not in self.variants:
+            raise ConfigError(
+                f"ct_fixed_schedule applies to variant 'CT' only, got variants {self.variants}"
             )
         if self.dt_alpha_bar_max != DT_ALPHA_BAR_MAX and "DT" not in self.variants:
             raise ConfigError(
@@ -401,6 +411,7 @@ class RunConfig:
             cifar100_labels=self.cifar100_labels if self.dataset == "cifar100" else None,
             weight_decay_mode=weight_decay_mode(variant, self.weight_decay),
             ct_gamma_init=list(self.ct_gamma_init) if variant == "CT" else None,
+            ct_fixed_schedule=self.ct_fixed_schedule if variant == "CT" else None,
             dt_alpha_bar_max=self.dt_alpha_bar_max if variant == "DT" else None,
         )
 
@@ -430,6 +441,7 @@ PINNED = (
     "weight_decay_mode",
     "lr_decay_steps",
     "ct_gamma_init",
+    "ct_fixed_schedule",
     "dt_alpha_bar_max",
 )
 
@@ -448,6 +460,7 @@ def saved_defaults(saved: dict) -> dict:
     saved.setdefault("weight_decay_mode", weight_decay_mode(saved.get("variant", "DT"), None))
     # CT's learned schedule started at γ = -5 and 5 before the option existed.
     saved.setdefault("ct_gamma_init", [-5.0, 5.0] if saved.get("variant") == "CT" else None)
+    saved.setdefault("ct_fixed_schedule", False if saved.get("variant") == "CT" else None)
     saved.setdefault("dt_alpha_bar_max", DT_ALPHA_BAR_MAX if saved.get("variant") == "DT" else None)
     return saved
 

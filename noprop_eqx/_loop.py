@@ -97,6 +97,7 @@ def build_model(
     prototype_scale: str | None = None,
     fixed_embedding: bool = False,
     ct_gamma_init: Sequence[float] | None = None,
+    ct_fixed_schedule: bool = False,
     dt_alpha_bar_max: float | None = None,
     key: PRNGKeyArray,
 ) -> eqx.Module:
@@ -105,7 +106,8 @@ def build_model(
     `prototype_scale` (see `PrototypeEmbedding`; None means raw) and `fixed_embedding` (keep
     the prototypes as built instead of training them); `num_blocks` (T, paper: 10) applies to
     DT and BP; `ct_gamma_init` (CT only; None: `LearnedNoiseSchedule`'s default) sets the
-    learned schedule's starting γ at t = 1 and t = 0; `dt_alpha_bar_max` (DT only; None:
+    learned schedule's starting γ at t = 1 and t = 0, and `ct_fixed_schedule` (CT only) holds
+    it there (`LearnedNoiseSchedule(fixed=True)`); `dt_alpha_bar_max` (DT only; None:
     `CosineNoiseSchedule`'s 0.9999) sets the ceiling on ᾱ of DT's cosine schedule."""
     if fixed_embedding and embedding != "prototype":
         raise ValueError(
@@ -114,10 +116,13 @@ def build_model(
         )
     cls = VARIANTS[check_variant(variant)]
     extra = dict(num_blocks=num_blocks) if variant in ("DT", "BP") else {}
-    if variant == "CT" and ct_gamma_init is not None:
+    if ct_fixed_schedule and variant != "CT":
+        raise ValueError(f"ct_fixed_schedule applies to variant 'CT' only, got {variant!r}")
+    if variant == "CT" and (ct_gamma_init is not None or ct_fixed_schedule):
         # NoPropCT draws its schedule's key as the third of jr.split(key, 3).
         k_schedule = jr.split(key, 3)[2]
-        extra["schedule"] = LearnedNoiseSchedule(*ct_gamma_init, key=k_schedule)
+        gamma = (-2.0, 2.0) if ct_gamma_init is None else ct_gamma_init
+        extra["schedule"] = LearnedNoiseSchedule(*gamma, fixed=ct_fixed_schedule, key=k_schedule)
     if variant == "DT" and dt_alpha_bar_max is not None:
         extra["schedule"] = CosineNoiseSchedule(alpha_bar_max=dt_alpha_bar_max)
     dim = resolve_embed_dim(embedding, embed_dim, num_classes, image_shape)

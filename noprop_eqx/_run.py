@@ -438,13 +438,14 @@ def optimizer_and_step(
     model, lr: float, weight_decay: float, decay_steps: int | None, compute_dtype: str = "float32"
 ):
     """The paper optimiser and its compiled step, made once per (model class, fixed embedding or
-    not, BatchNorm or not, lr, weight decay, cosine decay steps or None for a constant rate,
-    compute dtype) in this process, so that repeated runs in one process (tests, resumes) reuse
-    compilations. Both are pure functions of those values."""
+    not, fixed CT schedule or not, BatchNorm or not, lr, weight decay, cosine decay steps or
+    None for a constant rate, compute dtype) in this process, so that repeated runs in one
+    process (tests, resumes) reuse compilations. Both are pure functions of those values."""
     fixed = is_fixed_embedding(getattr(model, "embedding", None))
     cache_key = (
         type(model),
         fixed,
+        bool(getattr(getattr(model, "schedule", None), "fixed", False)),
         has_batch_norm(model),
         lr,
         weight_decay,
@@ -625,6 +626,7 @@ def final_record(
         weight_decay=config.weight_decay,
         optimizer=s["optimizer"],
         ct_gamma_init=s.get("ct_gamma_init"),
+        ct_fixed_schedule=s.get("ct_fixed_schedule"),
         dt_alpha_bar_max=s.get("dt_alpha_bar_max"),
         compute_dtype=config.compute_dtype,
         limit_train=config.limit_train,

@@ -199,15 +199,21 @@ def paper_optimizer(
       (`optax.chain(optax.add_decayed_weights(wd), optax.adam(lr))`). `weight_decay=0` gives
       plain Adam.
 
-    A fixed embedding (`PrototypeEmbedding(..., fixed=True)`) and the population statistics of
-    `BatchNorm` layers are left out of the weight decay, so that training leaves them exactly as
-    they are (their gradient is zero, so Adam leaves them alone)."""
+    A fixed embedding (`PrototypeEmbedding(..., fixed=True)`), a fixed schedule
+    (`LearnedNoiseSchedule(..., fixed=True)`) and the population statistics of `BatchNorm`
+    layers are left out of the weight decay, so that training leaves them exactly as they are
+    (their gradient is zero, so Adam leaves them alone)."""
     from ._backprop import BackpropBaseline
     from ._batch_norm import has_batch_norm
     from ._dt import NoPropDT
 
     fixed, batch_norm = _has_fixed_embedding(model), has_batch_norm(model)
-    mask = functools.partial(_decay_mask, fixed, batch_norm) if fixed or batch_norm else None
+    fixed_schedule = _has_fixed_schedule(model)
+    mask = (
+        functools.partial(_decay_mask, fixed, batch_norm, fixed_schedule)
+        if fixed or batch_norm or fixed_schedule
+        else None
+    )
     if isinstance(model, NoPropDT | BackpropBaseline):
         return optax.adamw(learning_rate, weight_decay=weight_decay, mask=mask)
     if weight_decay == 0:
@@ -235,9 +241,15 @@ def _has_fixed_embedding(model: eqx.Module) -> bool:
     return is_fixed_embedding(getattr(model, "embedding", None))
 
 
-def _decay_mask(fixed_embedding: bool, batch_norm: bool, params: PyTree) -> PyTree:
-    """The weight-decay mask: True everywhere but a fixed embedding and the population
-    statistics of every BatchNorm layer."""
+def _has_fixed_schedule(model: eqx.Module) -> bool:
+    return bool(getattr(getattr(model, "schedule", None), "fixed", False))
+
+
+def _decay_mask(
+    fixed_embedding: bool, batch_norm: bool, fixed_schedule: bool, params: PyTree
+) -> PyTree:
+    """The weight-decay mask: True everywhere but a fixed embedding, a fixed schedule and the
+    population statistics of every BatchNorm layer."""
     from .models._batch_norm import is_batch_norm
 
     def frozen_statistics(n):
@@ -246,6 +258,8 @@ def _decay_mask(fixed_embedding: bool, batch_norm: bool, params: PyTree) -> PyTr
     mask = jax.tree.map(lambda _: True, params)
     if fixed_embedding:
         mask = eqx.tree_at(lambda m: m.embedding.weight, mask, False)
+    if fixed_schedule:
+        mask = eqx.tree_at(lambda m: m.schedule, mask, jax.tree.map(lambda _: False, mask.schedule))
     if batch_norm:
         mask = jax.tree.map(
             lambda n: frozen_statistics(n) if is_batch_norm(n) else n, mask, is_leaf=is_batch_norm

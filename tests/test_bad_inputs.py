@@ -36,6 +36,7 @@ CASES = [
         "expected 2 arguments",
     ),
     ("gamma init, not CT", ["--ct-gamma-init", "-5", "5"], "applies to variant 'CT' only"),
+    ("fixed schedule, not CT", ["--ct-fixed-schedule"], "applies to variant 'CT' only"),
     ("ceiling of 1", ["--variants", "DT", "--dt-alpha-bar-max", "1"], "number in (0.0001, 1)"),
     ("ceiling nan", ["--variants", "DT", "--dt-alpha-bar-max", "nan"], "got nan"),
     ("ceiling, not DT", ["--dt-alpha-bar-max", "0.99"], "applies to variant 'DT' only"),

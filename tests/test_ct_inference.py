@@ -413,3 +413,50 @@ def test_recurrence_bad_inputs():
     for bad in (0, -3, True):
         with pytest.raises(ValueError, match="num_steps to be a positive int"):
             model.recurrence(x, num_steps=bad)
+
+
+def test_fixed_schedule_stays_where_it_starts():
+    """`LearnedNoiseSchedule(fixed=True)`: after paper-optimiser steps with weight decay (Adam
+    + L2) at a large rate, every schedule parameter is exactly as built, while the network
+    moves; the same steps move an unfixed schedule. `build_model(ct_fixed_schedule=True)` gives
+    that schedule, started at the default γ = -2 and 2."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(32, *SHAPE)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, M, size=32), jnp.int32)
+
+    def leaves(tree):
+        return [np.array(a) for a in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))]
+
+    def train(fixed):
+        """(schedule and network leaves before, and after 3 steps)."""
+        schedule = LearnedNoiseSchedule(-2.0, 2.0, fixed=fixed, key=jr.key(3))
+        model = npx.NoPropCT(M, SHAPE, backbone=_TinyTimeNet, schedule=schedule, key=jr.key(0))
+        before = leaves(model.schedule), leaves(model.net)  # copies: make_step donates model
+        optimizer = npx.paper_optimizer(model, learning_rate=0.05)
+        step = npx.make_step(npx.NoPropCT.loss_fn, optimizer)
+        opt_state = npx.init_optimizer_state(model, optimizer)
+        for i in range(3):
+            model, opt_state, _ = step(model, opt_state, (x, y), jr.key(10 + i))
+        return before, (leaves(model.schedule), leaves(model.net))
+
+    (schedule_0, net_0), (schedule_1, net_1) = train(fixed=True)
+    for a, b in zip(schedule_0, schedule_1, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(net_0[0], net_1[0])
+    (schedule_0, _), (schedule_1, _) = train(fixed=False)
+    moved = [np.abs(a - b).max() for a, b in zip(schedule_0, schedule_1, strict=True)]
+    assert min(moved) > 1e-3, moved
+
+    from noprop_eqx._loop import build_model
+
+    model = build_model(
+        "CT", num_classes=M, image_shape=SHAPE, backbone="simple", embedding="one-hot",
+        embed_dim=None, ct_fixed_schedule=True, key=jr.key(0),
+    )  # fmt: skip
+    assert model.schedule.fixed
+    assert (float(model.schedule.gamma_0), float(model.schedule.gamma_1)) == pytest.approx((-2, 2))
+    with pytest.raises(ValueError, match="ct_fixed_schedule applies to variant 'CT' only"):
+        build_model(
+            "FM", num_classes=M, image_shape=SHAPE, backbone="simple", embedding="one-hot",
+            embed_dim=None, ct_fixed_schedule=True, key=jr.key(0),
+        )  # fmt: skip

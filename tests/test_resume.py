@@ -240,6 +240,29 @@ def test_ct_schedule_start_is_pinned_and_old_runs_resume_as_they_were(tmp_path):
     assert main([*base, "--resume", "--ct-gamma-init", "-5", "5"]) == 0
 
 
+def test_ct_fixed_schedule_is_built_recorded_and_pinned(tmp_path):
+    """`--ct-fixed-schedule`: the checkpoint's schedule is exactly the one it started from
+    after training, config.json holds the flag, and resuming without it is refused; a run
+    saved before the option existed learned its schedule, and is read as such."""
+    base = ["train", "--dataset", "digits", "--variants", "CT", "--model", "simple"]
+    base += ["--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--epochs", "2"]
+    base += ["--inference-runs", "0", "--eval-steps", "2", "--no-progress", "--out", str(tmp_path)]
+    assert main([*base, "--ct-fixed-schedule", "--stop-after", "1"]) == 0
+    config_path = tmp_path / "CT" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["ct_fixed_schedule"] is True
+    ds = data_lib.load_dataset("digits").subset(128, 64)
+    model = load_run(tmp_path / "CT", ds)[0]
+    assert model.schedule.fixed
+    assert float(model.schedule.gamma_0) == -2.0
+    assert float(model.schedule.gamma_1) == pytest.approx(2.0, abs=1e-6)
+    with pytest.raises(SystemExit, match=r"ct_fixed_schedule True vs False"):
+        main([*base, "--resume"])
+    del config["ct_fixed_schedule"]  # as written before the option existed
+    config_path.write_text(json.dumps(config))
+    assert not load_run(tmp_path / "CT", ds)[0].schedule.fixed
+
+
 def test_dt_schedule_ceiling_is_built_recorded_and_pinned(tmp_path):
     """`--dt-alpha-bar-max` shapes DT's trajectory: the model is built with that ceiling (and
     so is the model restored from its checkpoint), config.json and the results record hold it,

@@ -1,3 +1,4 @@
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -22,6 +23,10 @@ class LearnedNoiseSchedule(AbstractNoiseSchedule):
     -2.9 and 5.9 after 5 epochs). A wider start, such as -5 and 5, puts most of Eq. 9's weight
     SNR'(t) near t = 1, where z_t shows the label, and CT then learns to read the image slowly:
     see "CT's schedule" in the method's decisions.
+
+    `fixed=True` holds the schedule where it starts: its parameters get no gradient
+    (`lax.stop_gradient`), and `paper_optimizer` leaves them out of the weight decay, so
+    training never moves them. A departure from the paper, which learns the schedule.
     """
 
     gamma_0: Float[Array, ""]
@@ -31,6 +36,7 @@ class LearnedNoiseSchedule(AbstractNoiseSchedule):
     w2: Float[Array, " hidden"]
     b2: Float[Array, " hidden"]
     w3: Float[Array, " hidden"]
+    fixed: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -38,6 +44,7 @@ class LearnedNoiseSchedule(AbstractNoiseSchedule):
         gamma_1: float = 2.0,
         hidden: int = 64,
         *,
+        fixed: bool = False,
         key: PRNGKeyArray,
     ):
         if not gamma_0 < gamma_1:
@@ -53,23 +60,29 @@ class LearnedNoiseSchedule(AbstractNoiseSchedule):
         self.w2 = jr.normal(k2, (hidden,))
         self.b2 = jnp.zeros((hidden,))
         self.w3 = jr.normal(k3, (hidden,)) - 3.0
+        self.fixed = bool(fixed)
+
+    def _param(self, value: Array) -> Array:
+        return jax.lax.stop_gradient(value) if self.fixed else value
 
     @property
     def gamma_1(self) -> Float[Array, ""]:
-        return self.gamma_0 + jnp.exp(self.log_gamma_gap)
+        return self._param(self.gamma_0) + jnp.exp(self._param(self.log_gamma_gap))
 
     def _gamma_tilde(self, t: Float[ArrayLike, ""]) -> Float[Array, ""]:
         """γ̃(t): increasing in t because every weight is positive."""
-        h = jax.nn.softplus(self.w1) * t + self.b1
-        hidden = jax.nn.sigmoid(jax.nn.softplus(self.w2) * h + self.b2)
-        return h + jnp.dot(jax.nn.softplus(self.w3), hidden)
+        w1, b1, w2, b2, w3 = map(self._param, (self.w1, self.b1, self.w2, self.b2, self.w3))
+        h = jax.nn.softplus(w1) * t + b1
+        hidden = jax.nn.sigmoid(jax.nn.softplus(w2) * h + b2)
+        return h + jnp.dot(jax.nn.softplus(w3), hidden)
 
     def gamma(self, t: Float[ArrayLike, ""]) -> Float[Array, ""]:
         """γ(t) = -log SNR(t), decreasing from γ1 at t = 0 to γ0 at t = 1."""
         t = check_time(jnp.asarray(t, dtype=float))
         g0, g1, gt = self._gamma_tilde(0.0), self._gamma_tilde(1.0), self._gamma_tilde(t)
         gamma_bar = (gt - g0) / (g1 - g0)
-        return self.gamma_0 + (self.gamma_1 - self.gamma_0) * (1.0 - gamma_bar)
+        gamma_0 = self._param(self.gamma_0)
+        return gamma_0 + (self.gamma_1 - gamma_0) * (1.0 - gamma_bar)
 
     def alpha_bar(self, t: Float[ArrayLike, ""]) -> Float[Array, ""]:
         return jax.nn.sigmoid(-self.gamma(t))
