@@ -121,8 +121,9 @@ def build_model(
     if variant == "CT" and (ct_gamma_init is not None or ct_fixed_schedule):
         # NoPropCT draws its schedule's key as the third of jr.split(key, 3).
         k_schedule = jr.split(key, 3)[2]
-        gamma = (-2.0, 2.0) if ct_gamma_init is None else ct_gamma_init
-        extra["schedule"] = LearnedNoiseSchedule(*gamma, fixed=ct_fixed_schedule, key=k_schedule)
+        extra["schedule"] = LearnedNoiseSchedule(
+            *(ct_gamma_init or ()), fixed=ct_fixed_schedule, key=k_schedule
+        )
     if variant == "DT" and dt_alpha_bar_max is not None:
         extra["schedule"] = CosineNoiseSchedule(alpha_bar_max=dt_alpha_bar_max)
     dim = resolve_embed_dim(embedding, embed_dim, num_classes, image_shape)

@@ -52,7 +52,13 @@ from ._records import (
     write_metrics,
 )
 from ._solve import evaluations_per_step
-from ._train import evaluate_accuracy, init_optimizer_state, make_step, paper_optimizer
+from ._train import (
+    evaluate_accuracy,
+    has_fixed_schedule,
+    init_optimizer_state,
+    make_step,
+    paper_optimizer,
+)
 
 CHECKPOINT = "checkpoint.eqx"
 
@@ -445,7 +451,7 @@ def optimizer_and_step(
     cache_key = (
         type(model),
         fixed,
-        bool(getattr(getattr(model, "schedule", None), "fixed", False)),
+        has_fixed_schedule(model),
         has_batch_norm(model),
         lr,
         weight_decay,

@@ -208,7 +208,7 @@ def paper_optimizer(
     from ._dt import NoPropDT
 
     fixed, batch_norm = _has_fixed_embedding(model), has_batch_norm(model)
-    fixed_schedule = _has_fixed_schedule(model)
+    fixed_schedule = has_fixed_schedule(model)
     mask = (
         functools.partial(_decay_mask, fixed, batch_norm, fixed_schedule)
         if fixed or batch_norm or fixed_schedule
@@ -241,7 +241,7 @@ def _has_fixed_embedding(model: eqx.Module) -> bool:
     return is_fixed_embedding(getattr(model, "embedding", None))
 
 
-def _has_fixed_schedule(model: eqx.Module) -> bool:
+def has_fixed_schedule(model: eqx.Module) -> bool:
     return bool(getattr(getattr(model, "schedule", None), "fixed", False))
 
 
