@@ -64,6 +64,7 @@ SETTINGS = (
     "optimizer",
     "ct_gamma_init",
     "ct_fixed_schedule",
+    "ct_weighting",
     "dt_alpha_bar_max",
     "compute_dtype",
     "limit_train",

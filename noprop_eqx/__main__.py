@@ -33,6 +33,7 @@ from ._config import (
 )
 from ._embeddings import PROTOTYPE_SCALES
 from ._loop import EMBEDDINGS, EVAL_SOLVERS, VARIANTS
+from ._losses import CT_WEIGHTINGS
 from ._machine import cpu_model as cpu_model, git_commit as git_commit
 from ._records import RunFileError, scrub_paths, write_json
 from ._run import TrainingDiverged, train
@@ -324,6 +325,14 @@ def _add_model_options(p) -> None:
         action="store_true",
         help="CT only: hold the noise schedule at its start (--ct-gamma-init) instead of "
         "learning it (no gradient, no weight decay); a departure from the paper",
+    )
+    p.add_argument(
+        "--ct-weighting",
+        choices=CT_WEIGHTINGS,
+        default=DEFAULTS.ct_weighting,
+        help="CT only: the weight of Eq. 9's denoising term at time t: snr-prime, SNR'(t) (the "
+        "paper, default), or log-snr, SNR'(t) / SNR(t), the same weight for every noise level "
+        "on a log scale; log-snr is a departure from the paper, meant with --ct-fixed-schedule",
     )
     p.add_argument(
         "--dt-alpha-bar-max",

@@ -89,6 +89,7 @@ def model_from_config(config: dict, dataset, *, key: PRNGKeyArray) -> eqx.Module
             "ct_gamma_init", [-5.0, 5.0] if config["variant"] == "CT" else None
         ),
         ct_fixed_schedule=bool(config.get("ct_fixed_schedule") or False),
+        ct_weighting=config.get("ct_weighting"),
         dt_alpha_bar_max=config.get("dt_alpha_bar_max"),
         key=key,
     )

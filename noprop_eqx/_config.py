@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ._embeddings import PROTOTYPE_SCALES
 from ._loop import EMBEDDINGS, EVAL_SOLVERS, VARIANTS
+from ._losses import CT_WEIGHTINGS
 from ._train import weight_decay_mode
 from .models._factory import BACKBONES, backbone_name
 from .noise_schedules import CosineNoiseSchedule
@@ -77,6 +78,7 @@ class RunConfig:
     num_blocks: int = 10
     ct_gamma_init: tuple[float, float] | list[float] = (-2.0, 2.0)
     ct_fixed_schedule: bool = False
+    ct_weighting: str = "snr-prime"
     dt_alpha_bar_max: float = DT_ALPHA_BAR_MAX
     compute_dtype: str = "float32"
     steps_per_call: int | str = "auto"
@@ -160,6 +162,7 @@ class RunConfig:
             ("compute_dtype", COMPUTE_DTYPES),
             ("cifar100_labels", CIFAR100_LABELS),
             ("eval_solver", EVAL_SOLVERS),
+            ("ct_weighting", CT_WEIGHTINGS),
         ):
             _expect(
                 getattr(self, name) in choices,
@@ -251,6 +254,10 @@ class RunConfig:
         if self.ct_fixed_schedule and "CT" not in self.variants:
             raise ConfigError(
                 f"ct_fixed_schedule applies to variant 'CT' only, got variants {self.variants}"
+            )
+        if self.ct_weighting != RunConfig.ct_weighting and "CT" not in self.variants:
+            raise ConfigError(
+                f"ct_weighting applies to variant 'CT' only, got variants {self.variants}"
             )
         if self.dt_alpha_bar_max != DT_ALPHA_BAR_MAX and "DT" not in self.variants:
             raise ConfigError(
@@ -412,6 +419,7 @@ class RunConfig:
             weight_decay_mode=weight_decay_mode(variant, self.weight_decay),
             ct_gamma_init=list(self.ct_gamma_init) if variant == "CT" else None,
             ct_fixed_schedule=self.ct_fixed_schedule if variant == "CT" else None,
+            ct_weighting=self.ct_weighting if variant == "CT" else None,
             dt_alpha_bar_max=self.dt_alpha_bar_max if variant == "DT" else None,
         )
 
@@ -442,6 +450,7 @@ PINNED = (
     "lr_decay_steps",
     "ct_gamma_init",
     "ct_fixed_schedule",
+    "ct_weighting",
     "dt_alpha_bar_max",
 )
 
@@ -461,6 +470,7 @@ def saved_defaults(saved: dict) -> dict:
     # CT's learned schedule started at γ = -5 and 5 before the option existed.
     saved.setdefault("ct_gamma_init", [-5.0, 5.0] if saved.get("variant") == "CT" else None)
     saved.setdefault("ct_fixed_schedule", False if saved.get("variant") == "CT" else None)
+    saved.setdefault("ct_weighting", "snr-prime" if saved.get("variant") == "CT" else None)
     saved.setdefault("dt_alpha_bar_max", DT_ALPHA_BAR_MAX if saved.get("variant") == "DT" else None)
     return saved
 

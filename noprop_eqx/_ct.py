@@ -10,7 +10,9 @@ from ._checks import check_batch, check_images, check_time
 from ._continuous import AbstractContinuousNoProp
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
 from ._losses import (
+    check_ct_weighting,
     check_t_sampling,
+    ct_denoising_weight,
     expected_embedding,
     kl_to_standard_normal,
     readout_cross_entropy,
@@ -33,8 +35,10 @@ class NoPropCT(AbstractContinuousNoProp):
     with `logits(..., sampler=...)`.
 
     `t_sampling`: how a batch's times are drawn for Eq. 9, "uniform" (independent, the paper)
-    or "stratified" (spread evenly; see `sample_times`). The default schedule is a
-    `LearnedNoiseSchedule` started at γ = -2 and 2."""
+    or "stratified" (spread evenly; see `sample_times`). `weighting`: the denoising term's
+    weight, "snr-prime" (SNR'(t), Eq. 9, the paper) or "log-snr" (SNR'(t) / SNR(t), a
+    departure; see `ct_denoising_weight`). The default schedule is a `LearnedNoiseSchedule`
+    started at γ = -2 and 2."""
 
     net: AbstractBackbone
     embedding: AbstractClassEmbedding
@@ -42,6 +46,7 @@ class NoPropCT(AbstractContinuousNoProp):
     schedule: AbstractNoiseSchedule
     eta: float = eqx.field(static=True)
     t_sampling: str = eqx.field(static=True)
+    weighting: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -54,6 +59,7 @@ class NoPropCT(AbstractContinuousNoProp):
         schedule: AbstractNoiseSchedule | None = None,
         eta: float = 1.0,
         t_sampling: str = "uniform",
+        weighting: str = "snr-prime",
         key: PRNGKeyArray,
     ):
         k_embed, k_net, k_schedule = jr.split(key, 3)
@@ -70,6 +76,7 @@ class NoPropCT(AbstractContinuousNoProp):
         self.schedule = LearnedNoiseSchedule(key=k_schedule) if schedule is None else schedule
         self.eta = eta
         self.t_sampling = check_t_sampling(t_sampling)
+        self.weighting = check_ct_weighting(weighting)
 
     def loss_fn(
         self, batch: tuple[Shaped[ArrayLike, "batch c h w"], ArrayLike], key: PRNGKeyArray
@@ -79,7 +86,8 @@ class NoPropCT(AbstractContinuousNoProp):
             CE(readout(z_1), y) + KL(q(z_0|y) ‖ N(0, I))
               + (η/2) E_{t~U[0,1]}[SNR'(t) ‖û_θ(z_t, x, t) - u_y‖²],
 
-        with t drawn per example and SNR' from JAX differentiation of the schedule.
+        with t drawn per example and SNR' from JAX differentiation of the schedule. With
+        `weighting="log-snr"`, SNR'(t) / SNR(t) in place of SNR'(t).
         """
         x, y = check_batch(batch, self.image_shape, self.num_classes)
         batch_size = x.shape[0]
@@ -88,15 +96,13 @@ class NoPropCT(AbstractContinuousNoProp):
         u_y = w_embed[y]
         t = sample_times(k_t, batch_size, self.t_sampling)
         alpha_bar = jax.vmap(self.schedule.alpha_bar)(t)
-        snr_prime = jax.vmap(self.schedule.snr_prime)(t)
+        weight = jax.vmap(lambda ti: ct_denoising_weight(self.schedule, ti, self.weighting))(t)
         z_t = jax.vmap(lambda u, ab, k: sample_q(u, ab, key=k))(
             u_y, alpha_bar, jr.split(k_z, batch_size)
         )
         logits = apply_batched(self.net, z_t, x, t, keys=jr.split(k_drop, batch_size))
         u_hat = jax.vmap(expected_embedding, (0, None))(logits, w_embed)
-        denoise = (
-            0.5 * self.eta * jnp.mean(jax.vmap(weighted_denoising_term)(u_hat, u_y, snr_prime))
-        )
+        denoise = 0.5 * self.eta * jnp.mean(jax.vmap(weighted_denoising_term)(u_hat, u_y, weight))
         alpha_bar_1 = self.schedule.alpha_bar(1.0)
         z_1 = jax.vmap(lambda u, k: sample_q(u, alpha_bar_1, key=k))(
             u_y, jr.split(k_z1, batch_size)

@@ -98,6 +98,7 @@ def build_model(
     fixed_embedding: bool = False,
     ct_gamma_init: Sequence[float] | None = None,
     ct_fixed_schedule: bool = False,
+    ct_weighting: str | None = None,
     dt_alpha_bar_max: float | None = None,
     key: PRNGKeyArray,
 ) -> eqx.Module:
@@ -107,8 +108,10 @@ def build_model(
     the prototypes as built instead of training them); `num_blocks` (T, paper: 10) applies to
     DT and BP; `ct_gamma_init` (CT only; None: `LearnedNoiseSchedule`'s default) sets the
     learned schedule's starting γ at t = 1 and t = 0, and `ct_fixed_schedule` (CT only) holds
-    it there (`LearnedNoiseSchedule(fixed=True)`); `dt_alpha_bar_max` (DT only; None:
-    `CosineNoiseSchedule`'s 0.9999) sets the ceiling on ᾱ of DT's cosine schedule."""
+    it there (`LearnedNoiseSchedule(fixed=True)`); `ct_weighting` (CT only; None: the paper's
+    "snr-prime") weights CT's denoising term (`NoPropCT(weighting=...)`); `dt_alpha_bar_max`
+    (DT only; None: `CosineNoiseSchedule`'s 0.9999) sets the ceiling on ᾱ of DT's cosine
+    schedule."""
     if fixed_embedding and embedding != "prototype":
         raise ValueError(
             f"fixed_embedding applies to the prototype embedding only, got {embedding!r} "
@@ -118,6 +121,10 @@ def build_model(
     extra = dict(num_blocks=num_blocks) if variant in ("DT", "BP") else {}
     if ct_fixed_schedule and variant != "CT":
         raise ValueError(f"ct_fixed_schedule applies to variant 'CT' only, got {variant!r}")
+    if ct_weighting is not None and variant != "CT":
+        raise ValueError(f"ct_weighting applies to variant 'CT' only, got {variant!r}")
+    if ct_weighting is not None:
+        extra["weighting"] = ct_weighting
     if variant == "CT" and (ct_gamma_init is not None or ct_fixed_schedule):
         # NoPropCT draws its schedule's key as the third of jr.split(key, 3).
         k_schedule = jr.split(key, 3)[2]

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
+from .noise_schedules import AbstractNoiseSchedule
+
 
 def sample_q(
     u_y: Float[Array, " dim"], alpha_bar: Float[ArrayLike, ""], *, key: PRNGKeyArray
@@ -44,6 +46,35 @@ def check_t_sampling(t_sampling: str) -> str:
             "each example's t on its own (the paper), 'stratified' spreads the batch's t evenly"
         )
     return t_sampling
+
+
+CT_WEIGHTINGS = ("snr-prime", "log-snr")
+
+
+def check_ct_weighting(weighting: str) -> str:
+    if weighting not in CT_WEIGHTINGS:
+        raise ValueError(
+            f"expected weighting to be one of {CT_WEIGHTINGS}, got {weighting!r}: 'snr-prime' "
+            "weights Eq. 9's denoising term by SNR'(t) (the paper), 'log-snr' by "
+            "SNR'(t) / SNR(t), the same weight for every noise level on a log-SNR scale"
+        )
+    return weighting
+
+
+def ct_denoising_weight(
+    schedule: AbstractNoiseSchedule, t: Float[ArrayLike, ""], weighting: str = "snr-prime"
+) -> Float[Array, ""]:
+    """The weight of NoProp-CT's denoising term at time t. "snr-prime": SNR'(t), Eq. 9. Since
+    E_t[SNR'(t) f(t)] = ∫ f dSNR over [SNR(0), SNR(1)], it weights every SNR *value* alike,
+    whatever the schedule's shape between its ends: with wide ends, almost all of the weight
+    lies at high SNR, where z_t already shows the label. "log-snr": SNR'(t) / SNR(t) =
+    d log SNR / dt, every log-SNR value alike (for a schedule linear in γ = -log SNR, the same
+    weight at every t): a departure from the paper, which spreads the weight over the noise
+    levels at which the network must read the image."""
+    snr_prime = schedule.snr_prime(t)
+    if weighting == "snr-prime":
+        return snr_prime
+    return snr_prime / schedule.snr(t)
 
 
 def sample_times(

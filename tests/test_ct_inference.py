@@ -29,6 +29,7 @@ import pytest
 import noprop_eqx as npx
 from noprop_eqx.models import AbstractBackbone
 from noprop_eqx.noise_schedules import (
+    AbstractNoiseSchedule,
     CosineNoiseSchedule,
     LearnedNoiseSchedule,
     LinearNoiseSchedule,
@@ -459,4 +460,70 @@ def test_fixed_schedule_stays_where_it_starts():
         build_model(
             "FM", num_classes=M, image_shape=SHAPE, backbone="simple", embedding="one-hot",
             embed_dim=None, ct_fixed_schedule=True, key=jr.key(0),
+        )  # fmt: skip
+
+
+class _LinearGamma(AbstractNoiseSchedule):
+    """γ(t) = 5 - 9t: SNR(t) = exp(9t - 5), so SNR'(t) = 9 SNR(t) and (log SNR)'(t) = 9."""
+
+    def alpha_bar(self, t):
+        return jax.nn.sigmoid(-(5.0 - 9.0 * t))
+
+
+def test_log_snr_weighting_against_closed_forms():
+    """`ct_denoising_weight`: "snr-prime" is SNR'(t) and "log-snr" is SNR'(t) / SNR(t) =
+    -γ'(t), checked on a schedule linear in γ (closed forms 9 SNR(t) and 9) and on a learned
+    schedule (against JAX's derivative of its γ). In the loss, with one example, the two
+    weightings' denoising terms differ by exactly the factor SNR(t) at that example's t (the
+    same key draws the same t, z_t and û); the other terms are the same."""
+    from noprop_eqx._losses import ct_denoising_weight
+
+    linear = _LinearGamma()
+    for t in (0.0, 0.3, 0.77, 1.0):
+        snr = math.exp(9 * t - 5)
+        assert float(ct_denoising_weight(linear, t, "snr-prime")) == pytest.approx(9 * snr, 1e-4)
+        assert float(ct_denoising_weight(linear, t, "log-snr")) == pytest.approx(9.0, 1e-4)
+    learned = LearnedNoiseSchedule(-4.0, 5.0, key=jr.key(1))
+    for t in (0.05, 0.5, 0.95):
+        expected = -float(jax.grad(learned.gamma)(jnp.asarray(t)))
+        assert expected > 0
+        assert float(ct_denoising_weight(learned, t, "log-snr")) == pytest.approx(expected, 1e-4)
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, *SHAPE)), jnp.float32)
+    y = jnp.asarray([2], jnp.int32)
+    key = jr.key(5)
+    aux = {}
+    for weighting in ("snr-prime", "log-snr"):
+        model = npx.NoPropCT(
+            M, SHAPE, backbone=_TinyTimeNet, schedule=linear, weighting=weighting, key=jr.key(0)
+        )
+        aux[weighting] = model.loss_fn((x, y), key)[1]
+    t = float(jr.uniform(jr.split(key, 4)[0], (1,))[0])  # the loss's t draw
+    ratio = float(aux["snr-prime"]["denoise"]) / float(aux["log-snr"]["denoise"])
+    assert ratio == pytest.approx(math.exp(9 * t - 5), rel=1e-4)
+    for term in ("ce", "kl"):
+        assert float(aux["snr-prime"][term]) == float(aux["log-snr"][term])
+
+
+def test_weighting_bad_values_and_build_model():
+    """A weighting that does not exist is refused, naming both; `build_model` passes
+    `ct_weighting` to CT and refuses it for the other variants."""
+    from noprop_eqx._loop import build_model
+
+    with pytest.raises(ValueError, match=r"weighting to be one of \('snr-prime', 'log-snr'\)"):
+        npx.NoPropCT(M, SHAPE, backbone=_TinyTimeNet, weighting="snr", key=jr.key(0))
+    model = build_model(
+        "CT", num_classes=M, image_shape=SHAPE, backbone="simple", embedding="one-hot",
+        embed_dim=None, ct_weighting="log-snr", key=jr.key(0),
+    )  # fmt: skip
+    assert model.weighting == "log-snr"
+    default = build_model(
+        "CT", num_classes=M, image_shape=SHAPE, backbone="simple", embedding="one-hot",
+        embed_dim=None, key=jr.key(0),
+    )  # fmt: skip
+    assert default.weighting == "snr-prime"
+    with pytest.raises(ValueError, match="ct_weighting applies to variant 'CT' only"):
+        build_model(
+            "FM", num_classes=M, image_shape=SHAPE, backbone="simple", embedding="one-hot",
+            embed_dim=None, ct_weighting="log-snr", key=jr.key(0),
         )  # fmt: skip

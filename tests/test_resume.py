@@ -263,6 +263,29 @@ def test_ct_fixed_schedule_is_built_recorded_and_pinned(tmp_path):
     assert not load_run(tmp_path / "CT", ds)[0].schedule.fixed
 
 
+def test_ct_weighting_is_built_recorded_and_pinned(tmp_path):
+    """`--ct-weighting log-snr`: the model restored from the checkpoint has it, config.json
+    and the results record hold it, and resuming with the paper's weighting is refused; a run
+    saved before the option existed used SNR'(t), and is read so."""
+    base = ["train", "--dataset", "digits", "--variants", "CT", "--model", "simple"]
+    base += ["--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--epochs", "2"]
+    base += ["--inference-runs", "0", "--eval-steps", "2", "--no-progress", "--out", str(tmp_path)]
+    results = tmp_path / "results.json"
+    first = [*base, "--ct-weighting", "log-snr", "--stop-after", "1", "--results", str(results)]
+    assert main(first) == 0
+    config_path = tmp_path / "CT" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["ct_weighting"] == "log-snr"
+    assert json.loads(results.read_text())[-1]["ct_weighting"] == "log-snr"
+    ds = data_lib.load_dataset("digits").subset(128, 64)
+    assert load_run(tmp_path / "CT", ds)[0].weighting == "log-snr"
+    with pytest.raises(SystemExit, match=r"ct_weighting 'log-snr' vs 'snr-prime'"):
+        main([*base, "--resume"])
+    del config["ct_weighting"]  # as written before the option existed
+    config_path.write_text(json.dumps(config))
+    assert load_run(tmp_path / "CT", ds)[0].weighting == "snr-prime"
+
+
 def test_dt_schedule_ceiling_is_built_recorded_and_pinned(tmp_path):
     """`--dt-alpha-bar-max` shapes DT's trajectory: the model is built with that ceiling (and
     so is the model restored from its checkpoint), config.json and the results record hold it,

@@ -23,7 +23,13 @@ Settings (name: what differs from `paper`):
 - `gamma3-stratified`: both;
 - `gamma2`, `gamma1`: from 2 to -2, from 1 to -1; `gamma-3to5`: from 5 to -3;
 - `gamma2-fixed`: from 2 to -2 and held there (`LearnedNoiseSchedule(fixed=True)`, the
-  library's `--ct-fixed-schedule`): what the schedule's drift does, a departure from the paper.
+  library's `--ct-fixed-schedule`): what the schedule's drift does, a departure from the paper;
+- `wide-fixed`: held from 5 to -4 (wide ends, as the learned schedule drifts to);
+- `wide-fixed-logsnr`: the same with the denoising term weighted by SNR'(t) / SNR(t)
+  (`NoPropCT(weighting="log-snr")`, `--ct-weighting log-snr`), a departure from Eq. 9;
+- `wide-logsnr`: that weighting with the schedule learned from 5 to -4.
+
+Each epoch also reports the paper's stochastic read-out (one run: Heun 20 from z_0 ~ N(0, I)).
 
     python benchmarks/studies/ct_early.py --data-dir DATA --epochs 1 --settings paper gamma3
 """
@@ -56,6 +62,9 @@ SETTINGS = {
     "gamma1": dict(gamma=(-1.0, 1.0)),
     "gamma-3to5": dict(gamma=(-3.0, 5.0)),
     "gamma2-fixed": dict(gamma=(-2.0, 2.0), fixed=True),
+    "wide-fixed": dict(gamma=(-4.0, 5.0), fixed=True),
+    "wide-fixed-logsnr": dict(gamma=(-4.0, 5.0), fixed=True, weighting="log-snr"),
+    "wide-logsnr": dict(gamma=(-4.0, 5.0), weighting="log-snr"),
 }
 T_BINS = np.linspace(0.05, 0.95, 10)
 
@@ -68,6 +77,7 @@ def build(setting: dict, data, backbone: str, key):
         data.image_shape,
         backbone=backbone,
         t_sampling=setting.get("t_sampling", "uniform"),
+        weighting=setting.get("weighting", "snr-prime"),
         schedule=LearnedNoiseSchedule(
             gamma[0], gamma[1], fixed=setting.get("fixed", False), key=k_schedule
         ),
@@ -141,6 +151,9 @@ def main() -> None:
             jax.block_until_ready(model)
             elapsed += time.perf_counter() - start
             acc = npx.evaluate_accuracy(model, x_test, y_test, **solver_kwargs("CT"))
+            acc_stochastic = npx.evaluate_accuracy(
+                model, x_test, y_test, key=jr.key(100 + epoch), **solver_kwargs("CT")
+            )
             per_t = per_t_accuracy(
                 model, x_test[: args.per_t_images], y_test[: args.per_t_images], jr.key(7)
             )
@@ -148,6 +161,7 @@ def main() -> None:
                 setting=name,
                 epoch=epoch,
                 accuracy=round(100 * acc, 2),
+                accuracy_stochastic=round(100 * acc_stochastic, 2),
                 train_s=round(elapsed, 1),
                 gamma_0=round(float(model.schedule.gamma_0), 3),
                 gamma_1=round(float(model.schedule.gamma_1), 3),
@@ -164,6 +178,7 @@ def main() -> None:
                     ("setting", "setting"),
                     ("epoch", "epoch"),
                     ("accuracy", "test %"),
+                    ("accuracy_stochastic", "stochastic %"),
                     ("gamma_0", "γ0"),
                     ("gamma_1", "γ1"),
                     ("denoise", "denoise"),
