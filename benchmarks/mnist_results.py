@@ -77,6 +77,8 @@ SETTINGS = (
 
 
 DT_ALPHA_BAR_MAX = 0.9999  # NoProp-DT's default ceiling, which records made before 2026-12 used
+# NoProp-CT's defaults, which its records made before these options existed used.
+CT_DEFAULTS = {"ct_fixed_schedule": False, "ct_weighting": "snr-prime"}
 
 
 def setting(r: dict, name: str):
@@ -84,6 +86,8 @@ def setting(r: dict, name: str):
     setting existed used."""
     if name == "dt_alpha_bar_max" and r.get("variant") == "DT":
         return r.get(name) or DT_ALPHA_BAR_MAX
+    if r.get("variant") == "CT" and name in CT_DEFAULTS:
+        return r.get(name) or CT_DEFAULTS[name]
     return r.get(name)
 
 
@@ -109,11 +113,16 @@ def accuracy_cell(r: dict) -> str:
 
 def embedding_cell(r: dict) -> str:
     """The embedding, with the prototype scale when it is not the raw images, "fixed" when
-    the prototypes were not trained, and DT's schedule ceiling ᾱ_max when it is not 0.9999."""
+    the prototypes were not trained, DT's schedule ceiling ᾱ_max when it is not 0.9999, and
+    CT's departures: a held schedule, the log-SNR weighting."""
     notes = []
     ceiling = setting(r, "dt_alpha_bar_max")
     if ceiling not in (None, DT_ALPHA_BAR_MAX):
         notes.append(f"ᾱ_max {ceiling:g}")
+    if setting(r, "ct_fixed_schedule"):
+        notes.append("held schedule")
+    if setting(r, "ct_weighting") not in (None, CT_DEFAULTS["ct_weighting"]):
+        notes.append(f"{setting(r, 'ct_weighting')} weighting")
     if r["embedding"] != "prototype":
         return f"{r['embedding']} ({', '.join(notes)})" if notes else r["embedding"]
     scale = r.get("prototype_scale")

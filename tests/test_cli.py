@@ -391,6 +391,19 @@ def test_results_table_names_the_prototype_scale():
     old = {"variant": "DT", "embedding": "one-hot"}
     assert module.setting(old, "dt_alpha_bar_max") == module.setting(new, "dt_alpha_bar_max")
     assert module.setting({"variant": "FM"}, "dt_alpha_bar_max") is None
+    # CT's departures are named, and a CT record made before the options existed pools with
+    # one that states the defaults.
+    record = {"variant": "CT", "embedding": "one-hot", "ct_fixed_schedule": True}
+    assert module.embedding_cell(dict(record, ct_weighting="log-snr")) == (
+        "one-hot (held schedule, log-snr weighting)"
+    )
+    new = {"variant": "CT", "embedding": "one-hot", "ct_fixed_schedule": False}
+    new["ct_weighting"] = "snr-prime"
+    old = {"variant": "CT", "embedding": "one-hot"}
+    assert module.embedding_cell(new) == module.embedding_cell(old) == "one-hot"
+    for name in ("ct_fixed_schedule", "ct_weighting"):
+        assert module.setting(old, name) == module.setting(new, name)
+        assert module.setting({"variant": "FM"}, name) is None
 
 
 def test_protocol_table_one_row_per_seed_set(tmp_path):
