@@ -47,6 +47,7 @@ from ._loop import (
     train_epoch as train_epoch,
 )
 from ._losses import (
+    ct_denoising_weight as ct_denoising_weight,
     expected_embedding as expected_embedding,
     flow_matching_term as flow_matching_term,
     kl_to_standard_normal as kl_to_standard_normal,
@@ -109,6 +110,7 @@ __all__ = [
     "augment_key",
     "build_model",
     "cast_floating",
+    "ct_denoising_weight",
     "data",
     "default_compiler_options",
     "DTTerms",

@@ -476,18 +476,17 @@ def test_log_snr_weighting_against_closed_forms():
     schedule (against JAX's derivative of its γ). In the loss, with one example, the two
     weightings' denoising terms differ by exactly the factor SNR(t) at that example's t (the
     same key draws the same t, z_t and û); the other terms are the same."""
-    from noprop_eqx._losses import ct_denoising_weight
-
+    weight = npx.ct_denoising_weight
     linear = _LinearGamma()
     for t in (0.0, 0.3, 0.77, 1.0):
         snr = math.exp(9 * t - 5)
-        assert float(ct_denoising_weight(linear, t, "snr-prime")) == pytest.approx(9 * snr, 1e-4)
-        assert float(ct_denoising_weight(linear, t, "log-snr")) == pytest.approx(9.0, 1e-4)
+        assert float(weight(linear, t, "snr-prime")) == pytest.approx(9 * snr, 1e-4)
+        assert float(weight(linear, t, "log-snr")) == pytest.approx(9.0, 1e-4)
     learned = LearnedNoiseSchedule(-4.0, 5.0, key=jr.key(1))
     for t in (0.05, 0.5, 0.95):
         expected = -float(jax.grad(learned.gamma)(jnp.asarray(t)))
         assert expected > 0
-        assert float(ct_denoising_weight(learned, t, "log-snr")) == pytest.approx(expected, 1e-4)
+        assert float(weight(learned, t, "log-snr")) == pytest.approx(expected, 1e-4)
 
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, *SHAPE)), jnp.float32)
     y = jnp.asarray([2], jnp.int32)
