@@ -121,9 +121,9 @@ def build_model(
     extra = dict(num_blocks=num_blocks) if variant in ("DT", "BP") else {}
     if ct_fixed_schedule and variant != "CT":
         raise ValueError(f"ct_fixed_schedule applies to variant 'CT' only, got {variant!r}")
-    if ct_weighting is not None and variant != "CT":
-        raise ValueError(f"ct_weighting applies to variant 'CT' only, got {variant!r}")
     if ct_weighting is not None:
+        if variant != "CT":
+            raise ValueError(f"ct_weighting applies to variant 'CT' only, got {variant!r}")
         extra["weighting"] = ct_weighting
     if variant == "CT" and (ct_gamma_init is not None or ct_fixed_schedule):
         # NoPropCT draws its schedule's key as the third of jr.split(key, 3).

@@ -36,29 +36,36 @@ def kl_to_standard_normal(
     )
 
 
+def _check_choice(name: str, value: str, choices: tuple[str, ...], meaning: str) -> str:
+    if value not in choices:
+        raise ValueError(f"expected {name} to be one of {choices}, got {value!r}: {meaning}")
+    return value
+
+
 T_SAMPLING = ("uniform", "stratified")
 
 
 def check_t_sampling(t_sampling: str) -> str:
-    if t_sampling not in T_SAMPLING:
-        raise ValueError(
-            f"expected t_sampling to be one of {T_SAMPLING}, got {t_sampling!r}: 'uniform' draws "
-            "each example's t on its own (the paper), 'stratified' spreads the batch's t evenly"
-        )
-    return t_sampling
+    return _check_choice(
+        "t_sampling",
+        t_sampling,
+        T_SAMPLING,
+        "'uniform' draws each example's t on its own (the paper), 'stratified' spreads the "
+        "batch's t evenly",
+    )
 
 
 CT_WEIGHTINGS = ("snr-prime", "log-snr")
 
 
 def check_ct_weighting(weighting: str) -> str:
-    if weighting not in CT_WEIGHTINGS:
-        raise ValueError(
-            f"expected weighting to be one of {CT_WEIGHTINGS}, got {weighting!r}: 'snr-prime' "
-            "weights Eq. 9's denoising term by SNR'(t) (the paper), 'log-snr' by "
-            "SNR'(t) / SNR(t), the same weight for every noise level on a log-SNR scale"
-        )
-    return weighting
+    return _check_choice(
+        "weighting",
+        weighting,
+        CT_WEIGHTINGS,
+        "'snr-prime' weights Eq. 9's denoising term by SNR'(t) (the paper), 'log-snr' by "
+        "SNR'(t) / SNR(t), the same weight for every noise level on a log-SNR scale",
+    )
 
 
 def ct_denoising_weight(

@@ -218,12 +218,17 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(runs, tmp_path, monkeypatch
     assert (out / "DT-prototype" / "checkpoint.eqx").read_bytes() == before
 
 
+def _ct_digits_args(out) -> list[str]:
+    """`noprop-eqx train` of a tiny CT run on the digits (2 epochs of 2 steps) into `out`."""
+    args = ["train", "--dataset", "digits", "--variants", "CT", "--model", "simple"]
+    args += ["--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--epochs", "2"]
+    return args + ["--inference-runs", "0", "--eval-steps", "2", "--no-progress", "--out", str(out)]
+
+
 def test_ct_schedule_start_is_pinned_and_old_runs_resume_as_they_were(tmp_path):
     """`--ct-gamma-init` shapes CT's trajectory: the saved value is pinned on resume. A run
     saved before the option existed started from γ = -5 and 5, and is read as such."""
-    base = ["train", "--dataset", "digits", "--variants", "CT", "--model", "simple"]
-    base += ["--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--epochs", "2"]
-    base += ["--inference-runs", "0", "--eval-steps", "2", "--no-progress", "--out", str(tmp_path)]
+    base = _ct_digits_args(tmp_path)
     assert main([*base, "--ct-gamma-init", "-3", "3", "--stop-after", "1"]) == 0
     config_path = tmp_path / "CT" / "config.json"
     config = json.loads(config_path.read_text())
@@ -244,9 +249,7 @@ def test_ct_fixed_schedule_is_built_recorded_and_pinned(tmp_path):
     """`--ct-fixed-schedule`: the checkpoint's schedule is exactly the one it started from
     after training, config.json holds the flag, and resuming without it is refused; a run
     saved before the option existed learned its schedule, and is read as such."""
-    base = ["train", "--dataset", "digits", "--variants", "CT", "--model", "simple"]
-    base += ["--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--epochs", "2"]
-    base += ["--inference-runs", "0", "--eval-steps", "2", "--no-progress", "--out", str(tmp_path)]
+    base = _ct_digits_args(tmp_path)
     assert main([*base, "--ct-fixed-schedule", "--stop-after", "1"]) == 0
     config_path = tmp_path / "CT" / "config.json"
     config = json.loads(config_path.read_text())
@@ -267,9 +270,7 @@ def test_ct_weighting_is_built_recorded_and_pinned(tmp_path):
     """`--ct-weighting log-snr`: the model restored from the checkpoint has it, config.json
     and the results record hold it, and resuming with the paper's weighting is refused; a run
     saved before the option existed used SNR'(t), and is read so."""
-    base = ["train", "--dataset", "digits", "--variants", "CT", "--model", "simple"]
-    base += ["--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--epochs", "2"]
-    base += ["--inference-runs", "0", "--eval-steps", "2", "--no-progress", "--out", str(tmp_path)]
+    base = _ct_digits_args(tmp_path)
     results = tmp_path / "results.json"
     first = [*base, "--ct-weighting", "log-snr", "--stop-after", "1", "--results", str(results)]
     assert main(first) == 0
