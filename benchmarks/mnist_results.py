@@ -155,6 +155,19 @@ def epochs_cell(r: dict) -> str:
     return epochs + (f" ({', '.join(notes)})" if notes else "")
 
 
+# Training-set sizes of the full datasets, for records made before they held `train_size`.
+FULL_TRAIN_SIZE = {"mnist": 60000, "cifar10": 50000, "cifar100": 50000}
+
+
+def train_size(record: dict) -> str:
+    """The number of training images a record's run used, as text ("?" where unknown)."""
+    if record.get("train_size") is not None:
+        return str(record["train_size"])
+    if record.get("limit_train") is not None:
+        return str(record["limit_train"])
+    return str(FULL_TRAIN_SIZE.get(record["dataset"], "?"))
+
+
 def table(records: list[dict]) -> str:
     head = (
         "| variant | embedding | model | train / test images | epochs | test acc. % "
@@ -163,7 +176,7 @@ def table(records: list[dict]) -> str:
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
-        train = "60000" if r.get("limit_train") is None else str(r["limit_train"])
+        train = train_size(r)
         if r["dataset"] != "mnist":
             train = f"{r['dataset']} {train}"
         test = str(r.get("test_size", "?"))

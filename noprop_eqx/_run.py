@@ -639,6 +639,7 @@ def final_record(
         limit_train=config.limit_train,
         limit_test=config.limit_test,
         subset_seed=s["subset_seed"],
+        train_size=len(ds.y_train),
         test_size=len(ds.y_test),
         device=device_name(),
         train_time_s=history[-1]["train_time_s"],

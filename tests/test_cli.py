@@ -43,6 +43,8 @@ RECORD_KEYS = {
     "model",
     "dataset",
     "epochs",
+    "train_size",
+    "test_size",
     "seed",
     "device",
     "train_time_s",
@@ -174,6 +176,22 @@ def test_results_table(digits_run, tmp_path):
     mean, se = 100 * dt["accuracy_stochastic_mean"], 100 * dt["accuracy_stochastic_se"]
     assert f"{mean:.2f} ± {se:.2f} (n=5)" in lines[2]
     assert f"| {100 * dt['accuracy_blocks']:.2f} |" in lines[2]
+
+
+def test_results_table_training_set_size(digits_run):
+    """The table's training-set size: the record's own `train_size`, else `--limit-train`, else
+    the full dataset's (records made before `train_size` existed): 50,000 for CIFAR."""
+    _, results = digits_run
+    record = json.loads(results.read_text())[0]
+    module = _load_script("mnist_results")
+    assert record["train_size"] == 256  # --limit-train 256
+    assert module.train_size(record) == str(record["train_size"])
+    old = {k: v for k, v in record.items() if k != "train_size"}
+    assert module.train_size(dict(old, dataset="cifar10", limit_train=None)) == "50000"
+    assert module.train_size(dict(old, dataset="mnist", limit_train=None)) == "60000"
+    assert module.train_size(dict(old, dataset="cifar10", limit_train=512)) == "512"
+    line = module.table([dict(old, dataset="cifar100", limit_train=None)]).splitlines()[2]
+    assert "| cifar100 50000 / " in line
 
 
 def test_solver_study_quick(digits_run, tmp_path):
