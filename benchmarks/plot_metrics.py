@@ -8,7 +8,8 @@ runs from different folders (embeddings, seeds, devices) on one figure:
         "one-hot, seed 0=benchmarks/results/mnist-cpu-metrics/DT.jsonl" \
         "prototype raw, seed 1=benchmarks/results/mnist-cpu-metrics/DT-prototype-seed1.jsonl"
 
-Each positional argument is `LABEL=PATH`. A horizontal line can mark a target (`--target 99.5`).
+Each positional argument is `LABEL=PATH`, split at its last `=` (a label may hold one). A
+horizontal line can mark a target (`--target 99.5`).
 """
 
 import argparse
@@ -32,7 +33,7 @@ def read_series(path: Path) -> dict[str, list[float]]:
 
 
 def _label_path(text: str) -> tuple[str, Path]:
-    label, sep, path = text.partition("=")
+    label, sep, path = text.rpartition("=")  # the last "=": a label may hold one ("d=20")
     if not sep or not label or not path:
         raise argparse.ArgumentTypeError(f"expected LABEL=PATH, got {text!r}")
     return label, Path(path)

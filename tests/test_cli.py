@@ -194,6 +194,21 @@ def test_results_table_training_set_size(digits_run):
     assert "| cifar100 50000 / " in line
 
 
+def test_results_table_paper_figures():
+    """Table 1's figure for every dataset, variant and embedding it reports (spot checks against
+    the paper: CIFAR-10 FM d = 20, CIFAR-100 DT one-hot and FM one-hot); none for digits."""
+    module = _load_script("mnist_results")
+    for dataset, table in (("mnist", 99.29), ("cifar10", 73.5), ("cifar100", 31.14)):
+        assert module.paper_value(dict(dataset=dataset, variant="FM", embedding="learned")) == table
+    assert module.paper_value(dict(dataset="cifar100", variant="DT", embedding="one-hot")) == 45.93
+    assert module.paper_value(dict(dataset="cifar100", variant="FM", embedding="one-hot")) == 6.38
+    assert module.paper_value(dict(dataset="digits", variant="FM", embedding="one-hot")) is None
+    for t in (module.PAPER, module.PAPER_CIFAR10, module.PAPER_CIFAR100):
+        assert {
+            (v, e) for v in ("DT", "CT", "FM") for e in ("one-hot", "learned", "prototype")
+        } <= set(t)
+
+
 def test_solver_study_quick(digits_run, tmp_path):
     runs, _ = digits_run
     out = tmp_path / "solvers.json"
@@ -501,6 +516,10 @@ def test_plot_metrics(tmp_path):
         module.read_series(tmp_path / "bad.jsonl")
     with pytest.raises(SystemExit):
         module.main(["no-equals-sign", "--out", str(tmp_path / "x.png")])
+    assert module._label_path("learned d=20, seed 0=runs/m.jsonl") == (
+        "learned d=20, seed 0",
+        Path("runs/m.jsonl"),
+    )
 
 
 def test_protocol_table_pools_separate_runs_of_one_setting(tmp_path):
