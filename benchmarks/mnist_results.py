@@ -63,6 +63,7 @@ PAPER_CIFAR100 = {
     ("FM", "learned"): 31.14,
     ("FM", "prototype"): 37.57,
 }
+PAPER_BY_DATASET = {"mnist": PAPER, "cifar10": PAPER_CIFAR10, "cifar100": PAPER_CIFAR100}
 # What must agree for records of different seeds to be pooled into one protocol row.
 SETTINGS = (
     "dataset",
@@ -112,9 +113,7 @@ def setting(r: dict, name: str):
 
 def paper_value(r: dict) -> float | None:
     """Table 1's figure for the record's dataset, variant and embedding, if it has one."""
-    tables = {"mnist": PAPER, "cifar10": PAPER_CIFAR10, "cifar100": PAPER_CIFAR100}
-    table = tables.get(r.get("dataset"), {})
-    return table.get((r["variant"], r["embedding"]))
+    return PAPER_BY_DATASET.get(r.get("dataset"), {}).get((r["variant"], r["embedding"]))
 
 
 def _pct(x: float | None) -> str:
