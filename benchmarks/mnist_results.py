@@ -85,6 +85,7 @@ SETTINGS = (
     "ct_gamma_init",
     "ct_fixed_schedule",
     "ct_weighting",
+    "fm_z_input",
     "dt_alpha_bar_max",
     "compute_dtype",
     "limit_train",
@@ -99,6 +100,7 @@ SETTINGS = (
 DT_ALPHA_BAR_MAX = 0.9999  # NoProp-DT's default ceiling, which records made before 2026-12 used
 # NoProp-CT's defaults, which its records made before these options existed used.
 CT_DEFAULTS = {"ct_fixed_schedule": False, "ct_weighting": "snr-prime"}
+FM_Z_INPUT = "full"  # NoProp-FM's default network input, which records made before 2026-12 used
 
 
 def setting(r: dict, name: str):
@@ -108,6 +110,8 @@ def setting(r: dict, name: str):
         return r.get(name) or DT_ALPHA_BAR_MAX
     if r.get("variant") == "CT" and name in CT_DEFAULTS:
         return r.get(name) or CT_DEFAULTS[name]
+    if name == "fm_z_input" and r.get("variant") == "FM":
+        return r.get(name) or FM_Z_INPUT
     return r.get(name)
 
 
@@ -133,7 +137,7 @@ def accuracy_cell(r: dict) -> str:
 def embedding_cell(r: dict) -> str:
     """The embedding, with the prototype scale when it is not the raw images, "fixed" when
     the prototypes were not trained, DT's schedule ceiling ᾱ_max when it is not 0.9999, and
-    CT's departures: a held schedule, the log-SNR weighting."""
+    the departures: CT's held schedule and log-SNR weighting, FM's span input."""
     notes = []
     ceiling = setting(r, "dt_alpha_bar_max")
     if ceiling not in (None, DT_ALPHA_BAR_MAX):
@@ -142,6 +146,8 @@ def embedding_cell(r: dict) -> str:
         notes.append("held schedule")
     if setting(r, "ct_weighting") not in (None, CT_DEFAULTS["ct_weighting"]):
         notes.append(f"{setting(r, 'ct_weighting')} weighting")
+    if setting(r, "fm_z_input") not in (None, FM_Z_INPUT):
+        notes.append(f"{setting(r, 'fm_z_input')} input")
     if r["embedding"] != "prototype":
         return f"{r['embedding']} ({', '.join(notes)})" if notes else r["embedding"]
     scale = r.get("prototype_scale")

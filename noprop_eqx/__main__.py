@@ -33,7 +33,7 @@ from ._config import (
 )
 from ._embeddings import PROTOTYPE_SCALES
 from ._loop import EMBEDDINGS, EVAL_SOLVERS, VARIANTS
-from ._losses import CT_WEIGHTINGS
+from ._losses import CT_WEIGHTINGS, FM_Z_INPUTS
 from ._machine import cpu_model as cpu_model, git_commit as git_commit
 from ._records import RunFileError, scrub_paths, write_json
 from ._run import TrainingDiverged, train
@@ -333,6 +333,14 @@ def _add_model_options(p) -> None:
         help="CT only: the weight of Eq. 9's denoising term at time t: snr-prime, SNR'(t) (the "
         "paper, default), or log-snr, SNR'(t) / SNR(t), the same weight for every noise level "
         "on a log scale; log-snr is a departure from the paper, meant with --ct-fixed-schedule",
+    )
+    p.add_argument(
+        "--fm-z-input",
+        choices=FM_Z_INPUTS,
+        default=DEFAULTS.fm_z_input,
+        help="FM only: what the network sees of z: full (the paper, default), or span, its "
+        "projection onto the span of the class embeddings, which drops the noise outside it; "
+        "the same as full for one-hot, a departure from the paper for learned and prototype",
     )
     p.add_argument(
         "--dt-alpha-bar-max",

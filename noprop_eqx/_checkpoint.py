@@ -90,6 +90,7 @@ def model_from_config(config: dict, dataset, *, key: PRNGKeyArray) -> eqx.Module
         ),
         ct_fixed_schedule=bool(config.get("ct_fixed_schedule") or False),
         ct_weighting=config.get("ct_weighting"),
+        fm_z_input=config.get("fm_z_input"),
         dt_alpha_bar_max=config.get("dt_alpha_bar_max"),
         key=key,
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ._embeddings import PROTOTYPE_SCALES
 from ._loop import EMBEDDINGS, EVAL_SOLVERS, VARIANTS
-from ._losses import CT_WEIGHTINGS
+from ._losses import CT_WEIGHTINGS, FM_Z_INPUTS
 from ._train import weight_decay_mode
 from .models._factory import BACKBONES, backbone_name
 from .noise_schedules import CosineNoiseSchedule
@@ -79,6 +79,7 @@ class RunConfig:
     ct_gamma_init: tuple[float, float] | list[float] = (-2.0, 2.0)
     ct_fixed_schedule: bool = False
     ct_weighting: str = "snr-prime"
+    fm_z_input: str = "full"
     dt_alpha_bar_max: float = DT_ALPHA_BAR_MAX
     compute_dtype: str = "float32"
     steps_per_call: int | str = "auto"
@@ -163,6 +164,7 @@ class RunConfig:
             ("cifar100_labels", CIFAR100_LABELS),
             ("eval_solver", EVAL_SOLVERS),
             ("ct_weighting", CT_WEIGHTINGS),
+            ("fm_z_input", FM_Z_INPUTS),
         ):
             _expect(
                 getattr(self, name) in choices,
@@ -258,6 +260,10 @@ class RunConfig:
         if self.ct_weighting != RunConfig.ct_weighting and "CT" not in self.variants:
             raise ConfigError(
                 f"ct_weighting applies to variant 'CT' only, got variants {self.variants}"
+            )
+        if self.fm_z_input != RunConfig.fm_z_input and "FM" not in self.variants:
+            raise ConfigError(
+                f"fm_z_input applies to variant 'FM' only, got variants {self.variants}"
             )
         if self.dt_alpha_bar_max != DT_ALPHA_BAR_MAX and "DT" not in self.variants:
             raise ConfigError(
@@ -420,6 +426,7 @@ class RunConfig:
             ct_gamma_init=list(self.ct_gamma_init) if variant == "CT" else None,
             ct_fixed_schedule=self.ct_fixed_schedule if variant == "CT" else None,
             ct_weighting=self.ct_weighting if variant == "CT" else None,
+            fm_z_input=self.fm_z_input if variant == "FM" else None,
             dt_alpha_bar_max=self.dt_alpha_bar_max if variant == "DT" else None,
         )
 
@@ -451,6 +458,7 @@ PINNED = (
     "ct_gamma_init",
     "ct_fixed_schedule",
     "ct_weighting",
+    "fm_z_input",
     "dt_alpha_bar_max",
 )
 
@@ -471,6 +479,7 @@ def saved_defaults(saved: dict) -> dict:
     saved.setdefault("ct_gamma_init", [-5.0, 5.0] if saved.get("variant") == "CT" else None)
     saved.setdefault("ct_fixed_schedule", False if saved.get("variant") == "CT" else None)
     saved.setdefault("ct_weighting", "snr-prime" if saved.get("variant") == "CT" else None)
+    saved.setdefault("fm_z_input", "full" if saved.get("variant") == "FM" else None)
     saved.setdefault("dt_alpha_bar_max", DT_ALPHA_BAR_MAX if saved.get("variant") == "DT" else None)
     return saved
 

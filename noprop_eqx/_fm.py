@@ -9,7 +9,13 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped
 from ._checks import check_batch, check_time
 from ._continuous import AbstractContinuousNoProp
 from ._embeddings import AbstractClassEmbedding, make_embedding, nearest_embedding_readout
-from ._losses import check_t_sampling, flow_matching_term, readout_cross_entropy, sample_times
+from ._losses import (
+    check_fm_z_input,
+    check_t_sampling,
+    flow_matching_term,
+    readout_cross_entropy,
+    sample_times,
+)
 from .models import AbstractBackbone, apply_batched, decode_batched
 from .models._factory import BackboneSpec, make_backbone
 
@@ -18,13 +24,25 @@ class NoPropFM(AbstractContinuousNoProp):
     """NoProp-FM: a velocity v_θ(z_t, x, t) = logits · W_embed transporting N(0, I) to u_y along
     z_t = t u_y + (1 - t) z_0 (+ σ ε). Predicts the class whose embedding is nearest to z_1.
     The readout is used only by the anchor term when the embedding is trainable.
-    `t_sampling`: "uniform" (the paper) or "stratified" times, as for `NoPropCT`."""
+    `t_sampling`: "uniform" (the paper) or "stratified" times, as for `NoPropCT`.
+
+    `z_input` is what the network sees of z: "full" (the paper) or "span", its projection onto
+    the span of the class embeddings (the rows of W_embed). The projection loses nothing the
+    velocity depends on: z_0 ~ N(0, I) is isotropic, so the part of z_t outside the span,
+    (1 - t) z_0⊥, is independent of u_y and of the span part of z_0, the only parts of
+    u_y - z_0 that v = logits · W_embed can express. It matters when d > m (learned or
+    prototype embeddings; with d = 3072 prototypes, 3062 input dimensions of pure noise), and
+    it makes the input at inference match training: v never moves z⊥, so on the ODE from
+    z_0 ~ N(0, I) the network would otherwise see z_0⊥ unshrunk at every t, and from z_0 = 0
+    none at all. With one-hot embeddings the span is everything and "span" equals "full".
+    """
 
     net: AbstractBackbone
     embedding: AbstractClassEmbedding
     readout: eqx.nn.Linear
     sigma: float = eqx.field(static=True)
     t_sampling: str = eqx.field(static=True)
+    z_input: str = eqx.field(static=True)
 
     def __init__(
         self,
@@ -36,6 +54,7 @@ class NoPropFM(AbstractContinuousNoProp):
         embed_dim: int = 20,
         sigma: float = 0.0,
         t_sampling: str = "uniform",
+        z_input: str = "full",
         key: PRNGKeyArray,
     ):
         if sigma < 0:
@@ -53,6 +72,15 @@ class NoPropFM(AbstractContinuousNoProp):
         self.readout = nearest_embedding_readout(self.embedding)
         self.sigma = sigma
         self.t_sampling = check_t_sampling(t_sampling)
+        self.z_input = check_fm_z_input(z_input)
+
+    def network_input(
+        self, z: Float[Array, "batch dim"], w_embed: Float[Array, "classes dim"]
+    ) -> Float[Array, "batch dim"]:
+        """z as the network sees it: z itself, or its projection onto the rows' span."""
+        if self.z_input == "full":
+            return z
+        return span_projection(z, w_embed)
 
     def loss_fn(
         self, batch: tuple[Shaped[ArrayLike, "batch c h w"], ArrayLike], key: PRNGKeyArray
@@ -74,7 +102,8 @@ class NoPropFM(AbstractContinuousNoProp):
         z_t = t[:, None] * u_y + (1.0 - t[:, None]) * z_0
         if self.sigma > 0:
             z_t = z_t + self.sigma * jr.normal(k_eps, u_y.shape)
-        logits = apply_batched(self.net, z_t, x, t, keys=jr.split(k_drop, batch_size))
+        z_in = self.network_input(z_t, w_embed)
+        logits = apply_batched(self.net, z_in, x, t, keys=jr.split(k_drop, batch_size))
         v_hat = logits @ w_embed
         flow = jnp.mean(jax.vmap(flow_matching_term)(v_hat, u_y, z_0))
         aux = dict(flow=flow)
@@ -93,7 +122,8 @@ class NoPropFM(AbstractContinuousNoProp):
         """dz/dt = v_θ(z, x, t) = logits · W_embed, with args = `encode_batched(self.net, x)`
         (`vector_field` takes the images)."""
         t = check_time(t)
-        return decode_batched(self.net, z, features, t) @ self.embedding.matrix()
+        w_embed = self.embedding.matrix()
+        return decode_batched(self.net, self.network_input(z, w_embed), features, t) @ w_embed
 
     def logits(
         self, x: Shaped[ArrayLike, "batch c h w"], **solve_kwargs
@@ -102,3 +132,12 @@ class NoPropFM(AbstractContinuousNoProp):
         z1 = self.solve(x, **solve_kwargs).z1
         w_embed = self.embedding.matrix()
         return -jnp.sum((z1[:, None, :] - w_embed[None]) ** 2, axis=-1)
+
+
+def span_projection(
+    z: Float[Array, "batch dim"], w_embed: Float[Array, "classes dim"]
+) -> Float[Array, "batch dim"]:
+    """Each row of z projected onto the span of the rows of `w_embed`: z Wᵀ (W Wᵀ)⁻¹ W, for
+    rows that are linearly independent (m ≤ d)."""
+    coeffs = jnp.linalg.solve(w_embed @ w_embed.T, w_embed @ z.T)  # (classes, batch)
+    return coeffs.T @ w_embed

@@ -99,6 +99,7 @@ def build_model(
     ct_gamma_init: Sequence[float] | None = None,
     ct_fixed_schedule: bool = False,
     ct_weighting: str | None = None,
+    fm_z_input: str | None = None,
     dt_alpha_bar_max: float | None = None,
     key: PRNGKeyArray,
 ) -> eqx.Module:
@@ -109,7 +110,9 @@ def build_model(
     DT and BP; `ct_gamma_init` (CT only; None: `LearnedNoiseSchedule`'s default) sets the
     learned schedule's starting γ at t = 1 and t = 0, and `ct_fixed_schedule` (CT only) holds
     it there (`LearnedNoiseSchedule(fixed=True)`); `ct_weighting` (CT only; None: the paper's
-    "snr-prime") weights CT's denoising term (`NoPropCT(weighting=...)`); `dt_alpha_bar_max`
+    "snr-prime") weights CT's denoising term (`NoPropCT(weighting=...)`); `fm_z_input` (FM
+    only; None: the paper's "full") is what FM's network sees of z (`NoPropFM(z_input=...)`);
+    `dt_alpha_bar_max`
     (DT only; None: `CosineNoiseSchedule`'s 0.9999) sets the ceiling on ᾱ of DT's cosine
     schedule."""
     if fixed_embedding and embedding != "prototype":
@@ -125,6 +128,10 @@ def build_model(
         if variant != "CT":
             raise ValueError(f"ct_weighting applies to variant 'CT' only, got {variant!r}")
         extra["weighting"] = ct_weighting
+    if fm_z_input is not None:
+        if variant != "FM":
+            raise ValueError(f"fm_z_input applies to variant 'FM' only, got {variant!r}")
+        extra["z_input"] = fm_z_input
     if variant == "CT" and (ct_gamma_init is not None or ct_fixed_schedule):
         # NoPropCT draws its schedule's key as the third of jr.split(key, 3).
         k_schedule = jr.split(key, 3)[2]

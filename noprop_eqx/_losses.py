@@ -56,6 +56,17 @@ def check_t_sampling(t_sampling: str) -> str:
 
 
 CT_WEIGHTINGS = ("snr-prime", "log-snr")
+FM_Z_INPUTS = ("full", "span")
+
+
+def check_fm_z_input(z_input: str) -> str:
+    return _check_choice(
+        "z_input",
+        z_input,
+        FM_Z_INPUTS,
+        "'full' gives NoProp-FM's network z_t as it is (the paper), 'span' its projection onto "
+        "the span of the class embeddings",
+    )
 
 
 def check_ct_weighting(weighting: str) -> str:

@@ -634,6 +634,7 @@ def final_record(
         ct_gamma_init=s.get("ct_gamma_init"),
         ct_fixed_schedule=s.get("ct_fixed_schedule"),
         ct_weighting=s.get("ct_weighting"),
+        fm_z_input=s.get("fm_z_input"),
         dt_alpha_bar_max=s.get("dt_alpha_bar_max"),
         compute_dtype=config.compute_dtype,
         limit_train=config.limit_train,

@@ -39,6 +39,12 @@ CASES = [
     ("fixed schedule, not CT", ["--ct-fixed-schedule"], "applies to variant 'CT' only"),
     ("weighting, not CT", ["--ct-weighting", "log-snr"], "applies to variant 'CT' only"),
     ("unknown weighting", ["--variants", "CT", "--ct-weighting", "snr"], "invalid choice: 'snr'"),
+    (
+        "z input, not FM",
+        ["--variants", "CT", "--fm-z-input", "span"],
+        "applies to variant 'FM' only",
+    ),
+    ("unknown z input", ["--fm-z-input", "x"], "invalid choice: 'x'"),
     ("ceiling of 1", ["--variants", "DT", "--dt-alpha-bar-max", "1"], "number in (0.0001, 1)"),
     ("ceiling nan", ["--variants", "DT", "--dt-alpha-bar-max", "nan"], "got nan"),
     ("ceiling, not DT", ["--dt-alpha-bar-max", "0.99"], "applies to variant 'DT' only"),

@@ -437,6 +437,12 @@ def test_results_table_names_the_prototype_scale():
     for name in ("ct_fixed_schedule", "ct_weighting"):
         assert module.setting(old, name) == module.setting(new, name)
         assert module.setting({"variant": "FM"}, name) is None
+    # FM's span input is named; an FM record made before the option existed used "full".
+    fm = {"variant": "FM", "embedding": "learned"}
+    assert module.embedding_cell(dict(fm, fm_z_input="span")) == "learned (span input)"
+    assert module.embedding_cell(dict(fm, fm_z_input="full")) == module.embedding_cell(fm)
+    assert module.setting(fm, "fm_z_input") == "full"
+    assert module.setting({"variant": "CT"}, "fm_z_input") is None
 
 
 def test_protocol_table_one_row_per_seed_set(tmp_path):

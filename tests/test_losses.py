@@ -160,11 +160,21 @@ def test_ct_loss_matches_reference(getkey):
     assert float(loss) == pytest.approx(ce + kl + 0.5 * denoise, rel=1e-3)
 
 
-@pytest.mark.parametrize("embedding", ["one-hot", "learned"])
-def test_fm_loss_matches_reference(getkey, embedding):
+@pytest.mark.parametrize(
+    "embedding, z_input", [("one-hot", "full"), ("learned", "full"), ("learned", "span")]
+)
+def test_fm_loss_matches_reference(getkey, embedding, z_input):
+    """With z_input "span" the network sees P z_t, P = Wᵀ (W Wᵀ)⁻¹ W the projection onto the
+    rows of W_embed, written here with a float64 inverse."""
     dim = M if embedding == "one-hot" else 6
     model = npx.NoPropFM(
-        M, SHAPE, backbone=_simple(16, dim), embedding=embedding, embed_dim=6, key=getkey()
+        M,
+        SHAPE,
+        backbone=_simple(16, dim),
+        embedding=embedding,
+        embed_dim=6,
+        z_input=z_input,
+        key=getkey(),
     )
     batch, key = _batch(getkey()), getkey()
     loss, aux = npx.NoPropFM.loss_fn(model, batch, key)
@@ -174,13 +184,16 @@ def test_fm_loss_matches_reference(getkey, embedding):
     k_t, k_z0, _, _ = jr.split(key, 4)
     ts = np.asarray(jr.uniform(k_t, (B,)), dtype=np.float64)
     z0s = _np(jr.normal(k_z0, (B, dim)))
+    project = w.T @ np.linalg.inv(w @ w.T) @ w if z_input == "span" else np.eye(dim)
     flow = ce = 0.0
     for b in range(B):
         t, z0, u = ts[b], z0s[b], w[int(y[b])]
         z_t = t * u + (1 - t) * z0
         logits = _np(
             eqx.filter_jit(model.net)(
-                jnp.asarray(z_t, dtype=jnp.float32), x[b], jnp.asarray(t, dtype=jnp.float32)
+                jnp.asarray(project @ z_t, dtype=jnp.float32),
+                x[b],
+                jnp.asarray(t, dtype=jnp.float32),
             )
         )
         v = logits @ w
@@ -230,3 +243,50 @@ def test_stratified_times_cover_each_stratum_once():
     assert np.abs(draws.var(axis=0) - 1 / 12).max() < 0.03
     uniform = np.asarray(sample_times(jr.key(0), batch, "uniform"))
     assert np.array_equal(uniform, np.asarray(jr.uniform(jr.key(0), (batch,))))
+
+
+def test_span_projection_against_numpy(getkey):
+    """`span_projection` is the orthogonal projection onto the rows of W: it keeps the rows,
+    is idempotent, leaves a residual orthogonal to every row, and equals a float64 pinv."""
+    from noprop_eqx._fm import span_projection
+
+    w = jr.normal(getkey(), (4, 9))
+    z = jr.normal(getkey(), (5, 9))
+    p = span_projection(z, w)
+    pinv = np.linalg.pinv(_np(w))
+    np.testing.assert_allclose(_np(p), _np(z) @ pinv @ _np(w), atol=1e-5)
+    np.testing.assert_allclose(_np(span_projection(w, w)), _np(w), atol=1e-5)
+    np.testing.assert_allclose(_np(span_projection(p, w)), _np(p), atol=1e-5)
+    np.testing.assert_allclose(_np((z - p) @ w.T), 0.0, atol=1e-5)
+
+
+def test_fm_span_input_ignores_noise_outside_the_span(getkey):
+    """With z_input "span" the velocity field, and so the loss, does not depend on the part of z
+    outside the span of the embeddings; with "full" it does. One-hot embeddings span
+    everything, so there the two inputs give the same loss."""
+    dim = 6
+    key = getkey()
+
+    def fm(z_input, **kwargs):  # the same weights for either input
+        return npx.NoPropFM(M, SHAPE, z_input=z_input, key=key, **kwargs)
+
+    learned = dict(backbone=_simple(16, dim), embedding="learned", embed_dim=dim)
+    span, full = fm("span", **learned), fm("full", **learned)
+    x, _ = _batch(getkey())
+    w = span.embedding.matrix()
+    z = jr.normal(getkey(), (B, dim))
+    off = jr.normal(getkey(), (B, dim))
+    off = off - (off @ jnp.linalg.pinv(w)) @ w  # outside the span
+    t = jnp.asarray(0.3)
+    v_span = span.vector_field(t, z, x)
+    np.testing.assert_allclose(_np(span.vector_field(t, z + 3 * off, x)), _np(v_span), atol=1e-4)
+    moved = full.vector_field(t, z + 3 * off, x) - full.vector_field(t, z, x)
+    assert float(jnp.max(jnp.abs(moved))) > 1e-3
+
+    one_hot, paper = fm("span", backbone=_simple(16, M)), fm("full", backbone=_simple(16, M))
+    batch, k = _batch(getkey()), getkey()
+    loss_span, _ = npx.NoPropFM.loss_fn(one_hot, batch, k)
+    loss_full, _ = npx.NoPropFM.loss_fn(paper, batch, k)
+    assert float(loss_span) == pytest.approx(float(loss_full), rel=1e-5)
+    with pytest.raises(ValueError, match=r"z_input to be one of \('full', 'span'\)"):
+        npx.NoPropFM(M, SHAPE, backbone=_simple(16, M), z_input="proj", key=key)

@@ -287,6 +287,29 @@ def test_ct_weighting_is_built_recorded_and_pinned(tmp_path):
     assert load_run(tmp_path / "CT", ds)[0].weighting == "snr-prime"
 
 
+def test_fm_z_input_is_built_recorded_and_pinned(tmp_path):
+    """`--fm-z-input span`: the model restored from the checkpoint has it, config.json and the
+    results record hold it, and resuming with the paper's input is refused; a run saved
+    before the option existed gave the network z as it is, and is read so."""
+    base = _ct_digits_args(tmp_path)
+    base[base.index("CT")] = "FM"
+    base += ["--embedding", "learned", "--embed-dim", "16"]
+    results = tmp_path / "results.json"
+    first = [*base, "--fm-z-input", "span", "--stop-after", "1", "--results", str(results)]
+    assert main(first) == 0
+    config_path = tmp_path / "FM-learned" / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["fm_z_input"] == "span"
+    assert json.loads(results.read_text())[-1]["fm_z_input"] == "span"
+    ds = data_lib.load_dataset("digits").subset(128, 64)
+    assert load_run(tmp_path / "FM-learned", ds)[0].z_input == "span"
+    with pytest.raises(SystemExit, match=r"fm_z_input 'span' vs 'full'"):
+        main([*base, "--resume"])
+    del config["fm_z_input"]  # as written before the option existed
+    config_path.write_text(json.dumps(config))
+    assert load_run(tmp_path / "FM-learned", ds)[0].z_input == "full"
+
+
 def test_dt_schedule_ceiling_is_built_recorded_and_pinned(tmp_path):
     """`--dt-alpha-bar-max` shapes DT's trajectory: the model is built with that ceiling (and
     so is the model restored from its checkpoint), config.json and the results record hold it,
