@@ -340,7 +340,8 @@ def _add_model_options(p) -> None:
         default=DEFAULTS.fm_z_input,
         help="FM only: what the network sees of z: full (the paper, default), or span, its "
         "projection onto the span of the class embeddings, which drops the noise outside it; "
-        "the same as full for one-hot, a departure from the paper for learned and prototype",
+        "the same as full when the embedding has d <= m dimensions (one-hot), a departure from "
+        "the paper when d > m (prototypes, learned with --embed-dim above the class count)",
     )
     p.add_argument(
         "--dt-alpha-bar-max",

@@ -28,13 +28,14 @@ class NoPropFM(AbstractContinuousNoProp):
 
     `z_input` is what the network sees of z: "full" (the paper) or "span", its projection onto
     the span of the class embeddings (the rows of W_embed). The projection loses nothing the
-    velocity depends on: z_0 ~ N(0, I) is isotropic, so the part of z_t outside the span,
-    (1 - t) z_0⊥, is independent of u_y and of the span part of z_0, the only parts of
-    u_y - z_0 that v = logits · W_embed can express. It matters when d > m (learned or
-    prototype embeddings; with d = 3072 prototypes, 3062 input dimensions of pure noise), and
-    it makes the input at inference match training: v never moves z⊥, so on the ODE from
+    velocity depends on: z_0 ~ N(0, I) (and σ ε) are isotropic, so the part of z_t outside the
+    span, (1 - t) z_0⊥ + σ ε⊥, is independent of u_y and of the span part of z_0, the only
+    parts of u_y - z_0 that v = logits · W_embed can express. It matters when d > m (learned
+    embeddings with d > m, prototypes: with d = 3072, 3062 input dimensions of pure noise),
+    and it makes the input at inference match training: v never moves z⊥, so on the ODE from
     z_0 ~ N(0, I) the network would otherwise see z_0⊥ unshrunk at every t, and from z_0 = 0
-    none at all. With one-hot embeddings the span is everything and "span" equals "full".
+    none at all. When d ≤ m (one-hot, or learned with d ≤ m) the span is all of R^d and "span"
+    equals "full". A trainable W_embed gets gradient through the projection too.
     """
 
     net: AbstractBackbone
@@ -137,7 +138,13 @@ class NoPropFM(AbstractContinuousNoProp):
 def span_projection(
     z: Float[Array, "batch dim"], w_embed: Float[Array, "classes dim"]
 ) -> Float[Array, "batch dim"]:
-    """Each row of z projected onto the span of the rows of `w_embed`: z Wᵀ (W Wᵀ)⁻¹ W, for
-    rows that are linearly independent (m ≤ d)."""
-    coeffs = jnp.linalg.solve(w_embed @ w_embed.T, w_embed @ z.T)  # (classes, batch)
-    return coeffs.T @ w_embed
+    """Each row of z projected onto the span of the rows of `w_embed`, z Wᵀ (W Wᵀ)⁻¹ W for
+    independent rows, computed as z Q Qᵀ from a QR factorisation Wᵀ = Q R in float32 (its
+    accuracy follows the condition number of W, not of W Wᵀ). With d ≤ m rows of d
+    dimensions the span is all of R^d (for independent rows) and z is returned as it is."""
+    classes, dim = w_embed.shape
+    if dim <= classes:
+        return z
+    q, _ = jnp.linalg.qr(w_embed.astype(jnp.float32).T)  # (dim, classes), orthonormal columns
+    z32 = z.astype(jnp.float32)
+    return ((z32 @ q) @ q.T).astype(z.dtype)

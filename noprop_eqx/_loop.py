@@ -112,9 +112,8 @@ def build_model(
     it there (`LearnedNoiseSchedule(fixed=True)`); `ct_weighting` (CT only; None: the paper's
     "snr-prime") weights CT's denoising term (`NoPropCT(weighting=...)`); `fm_z_input` (FM
     only; None: the paper's "full") is what FM's network sees of z (`NoPropFM(z_input=...)`);
-    `dt_alpha_bar_max`
-    (DT only; None: `CosineNoiseSchedule`'s 0.9999) sets the ceiling on ᾱ of DT's cosine
-    schedule."""
+    `dt_alpha_bar_max` (DT only; None: `CosineNoiseSchedule`'s 0.9999) sets the ceiling on ᾱ
+    of DT's cosine schedule."""
     if fixed_embedding and embedding != "prototype":
         raise ValueError(
             f"fixed_embedding applies to the prototype embedding only, got {embedding!r} "

@@ -185,7 +185,7 @@ def test_fm_loss_matches_reference(getkey, embedding, z_input):
     ts = np.asarray(jr.uniform(k_t, (B,)), dtype=np.float64)
     z0s = _np(jr.normal(k_z0, (B, dim)))
     project = w.T @ np.linalg.inv(w @ w.T) @ w if z_input == "span" else np.eye(dim)
-    flow = ce = 0.0
+    flow = ce = unprojected = 0.0
     for b in range(B):
         t, z0, u = ts[b], z0s[b], w[int(y[b])]
         z_t = t * u + (1 - t) * z0
@@ -198,9 +198,16 @@ def test_fm_loss_matches_reference(getkey, embedding, z_input):
         )
         v = logits @ w
         flow += np.sum((v - (u - z0)) ** 2) / B
+        if z_input == "span":  # the same network on z_t itself, which the loss must not use
+            logits_full = eqx.filter_jit(model.net)(
+                jnp.asarray(z_t, dtype=jnp.float32), x[b], jnp.asarray(t, dtype=jnp.float32)
+            )
+            unprojected += np.sum((_np(logits_full) @ w - (u - z0)) ** 2) / B
         z1 = jnp.asarray(z_t + (1 - t) * v, dtype=jnp.float32)
         ce += -_log_softmax(model.readout(z1))[int(y[b])] / B
     assert float(aux["flow"]) == pytest.approx(flow, rel=1e-3)
+    if z_input == "span":  # the input matters by more than the tolerance above
+        assert abs(unprojected - flow) > 5e-3 * flow
     if embedding == "learned":
         assert float(aux["ce"]) == pytest.approx(ce, rel=1e-3)
         assert float(loss) == pytest.approx(flow + ce, rel=1e-3)
@@ -247,7 +254,9 @@ def test_stratified_times_cover_each_stratum_once():
 
 def test_span_projection_against_numpy(getkey):
     """`span_projection` is the orthogonal projection onto the rows of W: it keeps the rows,
-    is idempotent, leaves a residual orthogonal to every row, and equals a float64 pinv."""
+    is idempotent, leaves a residual orthogonal to every row, and equals a float64 pinv, also
+    for rows far from orthogonal and in bfloat16; with no more dimensions than rows it is the
+    identity."""
     from noprop_eqx._fm import span_projection
 
     w = jr.normal(getkey(), (4, 9))
@@ -258,12 +267,23 @@ def test_span_projection_against_numpy(getkey):
     np.testing.assert_allclose(_np(span_projection(w, w)), _np(w), atol=1e-5)
     np.testing.assert_allclose(_np(span_projection(p, w)), _np(p), atol=1e-5)
     np.testing.assert_allclose(_np((z - p) @ w.T), 0.0, atol=1e-5)
+    # rows sharing a large common part (as images do): cond(W Wᵀ) in the hundreds
+    close = w + 5.0 * jr.normal(getkey(), (1, 9))
+    expected = _np(z) @ np.linalg.pinv(_np(close)) @ _np(close)
+    np.testing.assert_allclose(_np(span_projection(z, close)), expected, atol=1e-4)
+    half = span_projection(z.astype(jnp.bfloat16), close.astype(jnp.bfloat16))
+    assert half.dtype == jnp.bfloat16
+    half_w = _np(close.astype(jnp.bfloat16))
+    half_expected = _np(z.astype(jnp.bfloat16)) @ np.linalg.pinv(half_w) @ half_w
+    np.testing.assert_allclose(_np(half), half_expected, atol=0.05)
+    wide = jr.normal(getkey(), (12, 9))  # 12 rows in 9 dimensions span everything
+    assert span_projection(z, wide) is z
 
 
 def test_fm_span_input_ignores_noise_outside_the_span(getkey):
-    """With z_input "span" the velocity field, and so the loss, does not depend on the part of z
-    outside the span of the embeddings; with "full" it does. One-hot embeddings span
-    everything, so there the two inputs give the same loss."""
+    """With z_input "span" the velocity field does not depend on the part of z outside the span
+    of the embeddings; with "full" it does. One-hot embeddings span everything, so there the
+    two inputs give the same loss."""
     dim = 6
     key = getkey()
 
@@ -290,3 +310,18 @@ def test_fm_span_input_ignores_noise_outside_the_span(getkey):
     assert float(loss_span) == pytest.approx(float(loss_full), rel=1e-5)
     with pytest.raises(ValueError, match=r"z_input to be one of \('full', 'span'\)"):
         npx.NoPropFM(M, SHAPE, backbone=_simple(16, M), z_input="proj", key=key)
+
+
+def test_build_model_passes_fm_z_input_to_fm_only():
+    from noprop_eqx._loop import build_model
+
+    def build(variant, **kwargs):
+        return build_model(
+            variant, num_classes=M, image_shape=SHAPE, backbone="simple", embedding="learned",
+            embed_dim=6, key=jr.key(0), **kwargs,
+        )  # fmt: skip
+
+    assert build("FM", fm_z_input="span").z_input == "span"
+    assert build("FM").z_input == "full"
+    with pytest.raises(ValueError, match="fm_z_input applies to variant 'FM' only"):
+        build("CT", fm_z_input="span")
