@@ -305,7 +305,11 @@ def main(argv=None) -> dict:
         "--torch-compile",
         nargs="+",
         choices=[
-            "none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+            "none",
+            "default",
+            "reduce-overhead",
+            "max-autotune",
+            "max-autotune-no-cudagraphs",
         ],
         default=["none", "default"],
         help="PyTorch rows to time: eager ('none') and/or torch.compile modes (default: none "
