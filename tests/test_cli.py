@@ -528,6 +528,44 @@ def test_plot_metrics(tmp_path):
     )
 
 
+def test_time_to_accuracy(tmp_path, capsys):
+    module = _load_script("time_to_accuracy")
+    path = tmp_path / "m.jsonl"
+    accs, times = [0.55, 0.57, 0.56, 0.731, 0.72], [40.0, 50.0, 45.0, 60.0, 55.0]
+    lines = [
+        dict(epoch=i + 1, test_accuracy=a, epoch_time_s=s, train_time_s=sum(times[: i + 1]))
+        for i, (a, s) in enumerate(zip(accs, times, strict=True))
+    ]
+    path.write_text("".join(json.dumps(m) + "\n" for m in lines))
+    epochs = module.read_epochs(path)
+    # 57% is reached at epoch 2 exactly (0.57 * 100 is 56.99999999999999 in floating point:
+    # the comparison must not miss it); the dip at epoch 3 does not move it.
+    assert 0.57 * 100 < 57
+    assert module.first_reaching(epochs, 57)["epoch"] == 2
+    assert module.first_reaching(epochs, 73)["epoch"] == 4
+    assert module.first_reaching(epochs, 73.2) is None
+    text = module.main([f"run a=d=1={path}", "--thresholds", "73", "57", "80"])
+    assert capsys.readouterr().out.strip() == text
+    head, rule, row = text.splitlines()
+    assert head == (
+        "| run | 57% | 73% | 80% | s / epoch (median) | epochs | final % | best % (epoch) |"
+    )
+    assert rule.count("---") == 8
+    # Cumulative training time: 40 + 50 at epoch 2, + 45 + 60 at epoch 4; median of 5 times.
+    assert row == (
+        "| run a=d=1 | epoch 2, 90 s | epoch 4, 195 s | not reached | 50.0 | 5 | 72.00 "
+        "| 73.10 (4) |"
+    )
+    (tmp_path / "old.jsonl").write_text('{"epoch": 1, "test_accuracy": 0.5, "train_time_s": 1}\n')
+    with pytest.raises(ValueError, match=r"epoch line 1 has no \['epoch_time_s'\]"):
+        module.read_epochs(tmp_path / "old.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="holds no epochs"):
+        module.read_epochs(tmp_path / "empty.jsonl")
+    with pytest.raises(SystemExit):
+        module.main([f"a={path}", "--thresholds", "0"])
+
+
 def test_protocol_table_pools_separate_runs_of_one_setting(tmp_path):
     """--pool: seed 0 run alone and seeds 1, 2 run together pool into one row when their
     settings agree; a different weight decay, a run stopped early and a lone seed do not."""

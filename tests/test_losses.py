@@ -280,6 +280,42 @@ def test_span_projection_against_numpy(getkey):
     assert span_projection(z, wide) is z
 
 
+def test_span_projection_dependent_rows_and_gradient(getkey):
+    """Orthonormal rows to float32 precision for rows far from orthogonal; rows that depend on
+    earlier ones add zero rows, so the projection is onto W's span at any rank (pinv's); the
+    gradient with respect to W (which W_embed trains through) is that of the closed form
+    z Wᵀ (W Wᵀ)⁻¹ W."""
+    from noprop_eqx._fm import orthonormal_rows, span_projection
+
+    w = jr.normal(getkey(), (4, 9))
+    close = w + 5.0 * jr.normal(getkey(), (1, 9))  # cond(W Wᵀ) in the hundreds
+    q = orthonormal_rows(close)
+    np.testing.assert_allclose(_np(q @ q.T), np.eye(4), atol=2e-6)
+    # rank 2: row 2 is the sum of rows 0 and 1, row 3 repeats row 0
+    dependent = jnp.stack([w[0], w[1], w[0] + w[1], w[0]])
+    q = orthonormal_rows(dependent)
+    np.testing.assert_allclose(np.linalg.norm(_np(q), axis=1), [1.0, 1.0, 0.0, 0.0], atol=1e-6)
+    z = jr.normal(getkey(), (5, 9))
+    # float32 rounding leaves the dependent rows independent by 1e-7 in float64: pinv's cut
+    # must be float32's, not float64's
+    pinv = np.linalg.pinv(_np(dependent), rcond=1e-5)
+    expected = _np(z) @ pinv @ _np(dependent)
+    assert np.linalg.matrix_rank(pinv, tol=1e-3) == 2
+    np.testing.assert_allclose(_np(span_projection(z, dependent)), expected, atol=1e-5)
+
+    def closed_form(z, w):
+        return z @ w.T @ jnp.linalg.solve(w @ w.T, w)
+
+    def objective(projection):
+        return lambda z, w: jnp.sum(jnp.sin(3.0 * projection(z, w)))
+
+    got = jax.grad(objective(span_projection), argnums=(0, 1))(z, w)
+    want = jax.grad(objective(closed_form), argnums=(0, 1))(z, w)
+    for g, h in zip(got, want, strict=True):
+        assert np.abs(_np(h)).max() > 0.1  # a gradient worth comparing
+        np.testing.assert_allclose(_np(g), _np(h), atol=1e-4)
+
+
 def test_fm_span_input_ignores_noise_outside_the_span(getkey):
     """With z_input "span" the velocity field does not depend on the part of z outside the span
     of the embeddings; with "full" it does. One-hot embeddings span everything, so there the
