@@ -544,7 +544,7 @@ def test_time_to_accuracy(tmp_path, capsys):
     assert module.first_reaching(epochs, 57)["epoch"] == 2
     assert module.first_reaching(epochs, 73)["epoch"] == 4
     assert module.first_reaching(epochs, 73.2) is None
-    text = module.main([f"run a=d=1={path}", "--thresholds", "73", "57", "80"])
+    text = module.main(["--thresholds", "73,57,80", f"run a=d=1={path}"])
     assert capsys.readouterr().out.strip() == text
     head, rule, row = text.splitlines()
     assert head == (
@@ -564,6 +564,8 @@ def test_time_to_accuracy(tmp_path, capsys):
         module.read_epochs(tmp_path / "empty.jsonl")
     with pytest.raises(SystemExit):
         module.main([f"a={path}", "--thresholds", "0"])
+    with pytest.raises(SystemExit):
+        module.main([f"a={path}", "--thresholds", "70 73"])
 
 
 def test_protocol_table_pools_separate_runs_of_one_setting(tmp_path):
