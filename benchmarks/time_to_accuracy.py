@@ -14,16 +14,20 @@ The times are those of the machine the run was trained on, shared or not; say wh
 """
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 from plot_metrics import _label_path
 
+from noprop_eqx._records import read_metrics
+
 
 def read_epochs(path: Path) -> list[dict]:
-    """The epochs of one metrics file, checked for the fields this script reads."""
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The epochs of one metrics file (read as `noprop-eqx train` reads it on `--resume`),
+    checked for the fields this script reads."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such metrics file")
+    lines = read_metrics(path)
     if not lines:
         raise ValueError(f"{path} holds no epochs")
     for m in lines:
@@ -50,7 +54,6 @@ def summarise(epochs: list[dict], thresholds: list[float]) -> dict:
         reached={t: first_reaching(epochs, t) for t in thresholds},
         median_epoch_s=statistics.median(m["epoch_time_s"] for m in epochs),
         epochs=epochs[-1]["epoch"],
-        train_time_s=epochs[-1]["train_time_s"],
         best=(100 * best["test_accuracy"], best["epoch"]),
         final=100 * epochs[-1]["test_accuracy"],
     )
@@ -63,8 +66,8 @@ def _cell(m: dict | None) -> str:
 
 
 def table(runs: list[tuple[str, dict]], thresholds: list[float]) -> str:
-    head = ["run", *(f"{t:g}%" for t in thresholds), "s / epoch (median)", "epochs", "final %"]
-    head.append("best % (epoch)")
+    head = ["run", *(f"{t:g}%" for t in thresholds), "s / epoch (median)", "epochs"]
+    head += ["final %", "best % (epoch)"]
     rows = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for label, s in runs:
         cells = [label, *(_cell(s["reached"][t]) for t in thresholds)]
