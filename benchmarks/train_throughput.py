@@ -21,6 +21,12 @@ step and checks that the losses are finite and the parameters changed; warms up;
     python benchmarks/train_throughput.py                      # CPU default subset
     python benchmarks/train_throughput.py --networks mnist cifar simple --batch-sizes 128 1024
     python benchmarks/train_throughput.py --quick              # seconds; used by the tests
+    python benchmarks/train_throughput.py --networks cifar --variants CT FM \
+        --embeddings one-hot learned prototype                 # what a wider embedding costs
+
+`--embeddings` sets the class embedding of every row: one-hot (d = classes, the default),
+learned (d = `--embed-dim`, default 20) or prototype (d = C·H·W, built from random images:
+the shapes and FLOPs of a real prototype embedding, not its values).
 """
 
 import time
@@ -30,6 +36,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 
 import noprop_eqx as npx
 
@@ -56,8 +63,11 @@ COMPILER_OPTIONS = {"auto": "auto", "none": None}
 # --compute-dtypes: float32, or mixed precision (float32 master weights, bf16 compute).
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
+EMBEDDINGS = ("one-hot", "learned", "prototype")
+
 COLUMNS = [
     ("variant", "variant"),
+    ("embedding", "embedding"),
     ("compiler_options", "compiler options"),
     ("compute_dtype", "compute"),
     ("network", "network"),
@@ -83,16 +93,19 @@ def build(
     key,
     compiler_options="auto",
     compute_dtype=None,
+    embedding="one-hot",
+    embed_dim=20,
 ):
     """(model, loss_fn or None, step, flops_model): the model, its step, and the model whose
     lowered step gives the FLOPs (DT: the unrolled "loop" strategy)."""
     backbone, shape, classes = NETWORKS[network]
+    embed = {"embedding": make_embedding(embedding, shape, classes, key), "embed_dim": embed_dim}
     if variant in ("DT", *DT_MEMORY_VARIANTS, *DT_STRATEGY_VARIANTS):
         if variant in DT_STRATEGY_VARIANTS:
             strategy = variant.removeprefix("DT-")
         kwargs = {} if strategy is None else {"strategy": strategy}
         model = npx.NoPropDT(
-            classes, shape, num_blocks=num_blocks, backbone=backbone, key=key, **kwargs
+            classes, shape, num_blocks=num_blocks, backbone=backbone, key=key, **embed, **kwargs
         )
         optimizer = npx.paper_optimizer(model)
         if variant in DT_MEMORY_VARIANTS:
@@ -114,7 +127,7 @@ def build(
         flops_step = npx.make_step(npx.NoPropDT.loss_fn, optimizer)
     elif variant == "backprop":
         model = npx.BackpropBaseline(
-            classes, shape, num_blocks=num_blocks, backbone=backbone, key=key
+            classes, shape, num_blocks=num_blocks, backbone=backbone, key=key, **embed
         )
         optimizer = npx.paper_optimizer(model)
         step = flops_step = npx.make_step(
@@ -126,13 +139,23 @@ def build(
         flops_model = model
     else:
         cls = {"CT": npx.NoPropCT, "FM": npx.NoPropFM}[variant]
-        model = cls(classes, shape, backbone=backbone, key=key)
+        model = cls(classes, shape, backbone=backbone, key=key, **embed)
         optimizer = npx.paper_optimizer(model)
         step = flops_step = npx.make_step(
             cls.loss_fn, optimizer, compute_dtype=compute_dtype, compiler_options=compiler_options
         )
         flops_model = model
     return model, optimizer, step, (flops_model, flops_step)
+
+
+def make_embedding(name: str, shape, classes: int, key):
+    """The embedding spec a model takes: a name, or a `PrototypeEmbedding` built from random
+    images (two a class), which has the shapes of a real one."""
+    if name != "prototype":
+        return name
+    images = np.asarray(jr.normal(key, (2 * classes, *shape)))
+    labels = np.arange(2 * classes) % classes
+    return npx.PrototypeEmbedding(images, labels, classes)
 
 
 def lowered_flops(flops_model, flops_step, optimizer, batch, key) -> float | None:
@@ -148,7 +171,14 @@ def lowered_flops(flops_model, flops_step, optimizer, batch, key) -> float | Non
 
 
 def run_row(
-    variant, network, batch_size, args, matmul_flops_per_s, copts="auto", dtype="float32"
+    variant,
+    network,
+    batch_size,
+    args,
+    matmul_flops_per_s,
+    copts="auto",
+    dtype="float32",
+    embedding="one-hot",
 ) -> dict:
     key = jr.key(args.seed)
     k_model, k_data, k_steps = jr.split(key, 3)
@@ -160,6 +190,8 @@ def run_row(
         k_model,
         compiler_options=COMPILER_OPTIONS[copts],
         compute_dtype=COMPUTE_DTYPES[dtype],
+        embedding=embedding,
+        embed_dim=args.embed_dim,
     )
     model, weak_leaves = _common.strengthen_weak_types(model)
     _, shape, classes = NETWORKS[network]
@@ -216,6 +248,8 @@ def run_row(
     mb = 1 / 2**20
     row = {
         "variant": variant,
+        "embedding": embedding,
+        "embed_dim": model.embedding.dim,
         "network": network,
         "batch": batch_size,
         "num_blocks": args.num_blocks
@@ -245,7 +279,7 @@ def run_row(
         "peak_rss_mb": _common.peak_rss_mb(),
     }
     print(
-        f"{variant:9s} {network:7s} batch {batch_size:5d} options {copts} {dtype}: "
+        f"{variant:9s} {embedding:9s} {network:7s} batch {batch_size:5d} options {copts} {dtype}: "
         f"{row['images_per_s']:9.1f} images/s, "
         f"{row['ms_per_step']:9.1f} ms/step [{row['ms_spread']}], compile {compile_s:6.1f} s, "
         f"temp {row['temp_mb'] or 0:8.1f} MB",
@@ -255,54 +289,73 @@ def run_row(
 
 
 def ratios(rows: list[dict]) -> list[dict]:
-    """DT / backprop step time and DT-low / backprop temp memory, per network, batch and
-    compiler options; and each row's speed-up from the library's compiler options."""
+    """DT / backprop step time and DT-low / backprop temp memory, per embedding, network, batch
+    and compiler options; each row's speed-up from the library's compiler options and from
+    bfloat16; and each non-one-hot row's step time over the same row with one-hot."""
     out = []
     by = {
-        (r["variant"], r["network"], r["batch"], r["compiler_options"], r["compute_dtype"]): r
+        (
+            r["variant"],
+            r.get("embedding", "one-hot"),
+            r["network"],
+            r["batch"],
+            r["compiler_options"],
+            r["compute_dtype"],
+        ): r
         for r in rows
     }
-    for (variant, network, batch, copts, dtype), bp in by.items():
+    for (variant, emb, network, batch, copts, dtype), bp in by.items():
         if variant != "backprop":
             continue
         entry = {
+            "embedding": emb,
             "network": network,
             "batch": batch,
             "compiler_options": copts,
             "compute_dtype": dtype,
         }
         for dt in ("DT", *DT_MEMORY_VARIANTS, *DT_STRATEGY_VARIANTS):
-            r = by.get((dt, network, batch, copts, dtype))
+            r = by.get((dt, emb, network, batch, copts, dtype))
             if r is None:
                 continue
             entry[f"{dt}_time_over_backprop"] = r["ms_per_step"] / bp["ms_per_step"]
-            blockwise = by.get(("DT-blockwise", network, batch, copts, dtype))
+            blockwise = by.get(("DT-blockwise", emb, network, batch, copts, dtype))
             if dt.startswith("DT-low") and blockwise is not None:
                 entry[f"{dt}_time_over_blockwise"] = r["ms_per_step"] / blockwise["ms_per_step"]
             t_dt, t_bp = r["memory_bytes"]["temp_bytes"], bp["memory_bytes"]["temp_bytes"]
             if t_dt is not None and t_bp:
                 entry[f"{dt}_temp_over_backprop"] = t_dt / t_bp
         out.append(entry)
-    for (variant, network, batch, copts, dtype), r in by.items():
-        default = by.get((variant, network, batch, "none", dtype))
+    for (variant, emb, network, batch, copts, dtype), r in by.items():
+        where = {"embedding": emb, "network": network, "batch": batch}
+        default = by.get((variant, emb, network, batch, "none", dtype))
         if copts == "auto" and default is not None:
             out.append(
                 {
-                    "network": network,
-                    "batch": batch,
+                    **where,
                     "compute_dtype": dtype,
                     f"{variant}_speedup_from_compiler_options": default["ms_per_step"]
                     / r["ms_per_step"],
                 }
             )
-        full = by.get((variant, network, batch, copts, "float32"))
+        full = by.get((variant, emb, network, batch, copts, "float32"))
         if dtype != "float32" and full is not None:
             out.append(
                 {
-                    "network": network,
-                    "batch": batch,
+                    **where,
                     "compiler_options": copts,
                     f"{variant}_speedup_from_{dtype}": full["ms_per_step"] / r["ms_per_step"],
+                }
+            )
+        one_hot = by.get((variant, "one-hot", network, batch, copts, dtype))
+        if emb != "one-hot" and one_hot is not None:
+            out.append(
+                {
+                    **where,
+                    "embed_dim": r["embed_dim"],
+                    "compiler_options": copts,
+                    "compute_dtype": dtype,
+                    f"{variant}_time_over_one_hot": r["ms_per_step"] / one_hot["ms_per_step"],
                 }
             )
     return out
@@ -335,6 +388,16 @@ def main(argv=None) -> dict:
         default=["float32"],
         help="bfloat16: mixed precision (make_step(compute_dtype=jnp.bfloat16))",
     )
+    parser.add_argument(
+        "--embeddings",
+        nargs="+",
+        choices=EMBEDDINGS,
+        default=["one-hot"],
+        help="the class embedding of every row (prototype: built from random images)",
+    )
+    parser.add_argument(
+        "--embed-dim", type=int, default=20, help="d of the learned embedding (default 20)"
+    )
     args = parser.parse_args(argv)
     _common.apply_jax_options(args)
     if args.quick:
@@ -357,29 +420,31 @@ def main(argv=None) -> dict:
         for batch_size in args.batch_sizes:
             for copts in args.compiler_options:
                 for dtype in args.compute_dtypes:
-                    for variant in args.variants:
-                        rows.append(
-                            run_row(
-                                variant,
-                                network,
-                                batch_size,
-                                args,
-                                ceilings[dtype],
-                                copts,
-                                dtype,
+                    for embedding in args.embeddings:
+                        for variant in args.variants:
+                            rows.append(
+                                run_row(
+                                    variant,
+                                    network,
+                                    batch_size,
+                                    args,
+                                    ceilings[dtype],
+                                    copts,
+                                    dtype,
+                                    embedding,
+                                )
                             )
-                        )
-                        _common.write_results(  # kept if a later row is cut short
-                            "train_throughput",
-                            args,
-                            rows,
-                            COLUMNS,
-                            extra={
-                                "matmul": {"before": matmul_before, **matmul_extra},
-                                "ratios": ratios(rows),
-                            },
-                            quiet=True,
-                        )
+                            _common.write_results(  # kept if a later row is cut short
+                                "train_throughput",
+                                args,
+                                rows,
+                                COLUMNS,
+                                extra={
+                                    "matmul": {"before": matmul_before, **matmul_extra},
+                                    "ratios": ratios(rows),
+                                },
+                                quiet=True,
+                            )
     matmul_after = _common.matmul_flops_per_second(args.matmul_size, max(3, args.repeats))
     summary = ratios(rows)
     for entry in summary:

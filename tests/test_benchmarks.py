@@ -169,6 +169,26 @@ def test_train_throughput(runs):
     assert rows["DT-low"]["memory_bytes"]["temp_bytes"] < rows["DT"]["memory_bytes"]["temp_bytes"]
 
 
+def test_train_throughput_embeddings(getkey):
+    """--embeddings builds each variant with the embedding it names (prototype: d = C*H*W), and
+    ratios() sets each such row beside the same row with one-hot."""
+    tt = _import_study("train_throughput")
+    for variant in ("DT", "CT", "FM", "backprop"):
+        for embedding, dim in (("one-hot", 10), ("learned", 7), ("prototype", 144)):
+            model, *_ = tt.build(
+                variant, "tiny", 2, None, getkey(), embedding=embedding, embed_dim=7
+            )
+            assert model.embedding.dim == dim, (variant, embedding)
+    rows = [
+        {"variant": "CT", "embedding": e, "embed_dim": d, "network": "tiny", "batch": 8,
+         "compiler_options": "auto", "compute_dtype": "float32", "ms_per_step": ms}
+        for e, d, ms in (("one-hot", 10, 2.0), ("prototype", 144, 3.0))
+    ]  # fmt: skip
+    (entry,) = tt.ratios(rows)
+    assert entry["embedding"] == "prototype" and entry["embed_dim"] == 144
+    assert entry["CT_time_over_one_hot"] == pytest.approx(1.5)
+
+
 @pytest.mark.slow
 def test_seeds(study_runs):
     _, tmp_path = finish(study_runs, "seeds.py")
