@@ -99,7 +99,8 @@ def build(
     """(model, loss_fn or None, step, flops_model): the model, its step, and the model whose
     lowered step gives the FLOPs (DT: the unrolled "loop" strategy)."""
     backbone, shape, classes = NETWORKS[network]
-    embed = {"embedding": make_embedding(embedding, shape, classes, key), "embed_dim": embed_dim}
+    spec = make_embedding(embedding, shape, classes, jr.fold_in(key, 1))
+    embed = {"embedding": spec, "embed_dim": embed_dim}
     if variant in ("DT", *DT_MEMORY_VARIANTS, *DT_STRATEGY_VARIANTS):
         if variant in DT_STRATEGY_VARIANTS:
             strategy = variant.removeprefix("DT-")
