@@ -29,6 +29,7 @@ learned (d = `--embed-dim`, default 20) or prototype (d = C·H·W, built from ra
 the shapes and FLOPs of a real prototype embedding, not its values).
 """
 
+import itertools
 import time
 
 import _common
@@ -99,7 +100,7 @@ def build(
     """(model, loss_fn or None, step, flops_model): the model, its step, and the model whose
     lowered step gives the FLOPs (DT: the unrolled "loop" strategy)."""
     backbone, shape, classes = NETWORKS[network]
-    spec = make_embedding(embedding, shape, classes, jr.fold_in(key, 1))
+    spec = embedding_spec(embedding, shape, classes, jr.fold_in(key, 1))
     embed = {"embedding": spec, "embed_dim": embed_dim}
     if variant in ("DT", *DT_MEMORY_VARIANTS, *DT_STRATEGY_VARIANTS):
         if variant in DT_STRATEGY_VARIANTS:
@@ -149,7 +150,7 @@ def build(
     return model, optimizer, step, (flops_model, flops_step)
 
 
-def make_embedding(name: str, shape, classes: int, key):
+def embedding_spec(name: str, shape, classes: int, key):
     """The embedding spec a model takes: a name, or a `PrototypeEmbedding` built from random
     images (two a class), which has the shapes of a real one."""
     if name != "prototype":
@@ -297,7 +298,7 @@ def ratios(rows: list[dict]) -> list[dict]:
     by = {
         (
             r["variant"],
-            r.get("embedding", "one-hot"),
+            r["embedding"],
             r["network"],
             r["batch"],
             r["compiler_options"],
@@ -417,35 +418,29 @@ def main(argv=None) -> dict:
             )
             ceilings[dtype] = matmul_extra[dtype]["flops_per_second"]
     rows = []
-    for network in args.networks:
-        for batch_size in args.batch_sizes:
-            for copts in args.compiler_options:
-                for dtype in args.compute_dtypes:
-                    for embedding in args.embeddings:
-                        for variant in args.variants:
-                            rows.append(
-                                run_row(
-                                    variant,
-                                    network,
-                                    batch_size,
-                                    args,
-                                    ceilings[dtype],
-                                    copts,
-                                    dtype,
-                                    embedding,
-                                )
-                            )
-                            _common.write_results(  # kept if a later row is cut short
-                                "train_throughput",
-                                args,
-                                rows,
-                                COLUMNS,
-                                extra={
-                                    "matmul": {"before": matmul_before, **matmul_extra},
-                                    "ratios": ratios(rows),
-                                },
-                                quiet=True,
-                            )
+    grid = itertools.product(
+        args.networks,
+        args.batch_sizes,
+        args.compiler_options,
+        args.compute_dtypes,
+        args.embeddings,
+        args.variants,
+    )
+    for network, batch_size, copts, dtype, embedding, variant in grid:
+        rows.append(
+            run_row(variant, network, batch_size, args, ceilings[dtype], copts, dtype, embedding)
+        )
+        _common.write_results(  # kept if a later row is cut short
+            "train_throughput",
+            args,
+            rows,
+            COLUMNS,
+            extra={
+                "matmul": {"before": matmul_before, **matmul_extra},
+                "ratios": ratios(rows),
+            },
+            quiet=True,
+        )
     matmul_after = _common.matmul_flops_per_second(args.matmul_size, max(3, args.repeats))
     summary = ratios(rows)
     for entry in summary:
